@@ -1,0 +1,173 @@
+"""Whole Kaldi nnet3 model files: ``.mdl`` (TransitionModel + Nnet3 + AmNnetSimple
+tail) and ``.raw`` (the Nnet3 alone), in binary or text mode.
+
+Saving in the format that was read splices the original bytes: everything is
+copied verbatim except the float arrays that changed, which are re-encoded in
+place.  Binary weight matrices are numpy views into the file buffer, so an
+in-place edit of a weight *is* an edit of the bytes to be written.  Saving in
+the other format encodes every item (text floats are written with enough
+digits to read back the same float32, so binary -> text -> binary is exact).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kprune.errors import KaldiFormatError
+from kprune.kaldi.components import VEC, Component, Field, fingerprint, write_value
+from kprune.kaldi.io import BINARY_HEADER, Reader, make_reader, make_writer
+from kprune.kaldi.nnet3 import Nnet3, read_nnet3
+from kprune.kaldi.transition import TransitionModel, read_transition_model
+
+
+@dataclass
+class NnetFile:
+    """A parsed nnet3 model file and the buffer it was parsed from."""
+
+    path: Path | None
+    binary: bool
+    buf: bytearray
+    nnet: Nnet3
+    transition_model: TransitionModel | None = None
+    left_context: int | None = None
+    right_context: int | None = None
+    priors: Field | None = None
+
+    @property
+    def is_mdl(self) -> bool:
+        return self.transition_model is not None
+
+    def fields(self):
+        for c in self.nnet.components:
+            if isinstance(c, Component):
+                yield from c.fields
+        if self.priors is not None:
+            yield self.priors
+
+    def to_bytes(self, binary: bool | None = None) -> bytes:
+        """The file's bytes, in its own format unless ``binary`` says otherwise."""
+        if binary is None or binary == self.binary:
+            return self._splice()
+        return self._encode(binary)
+
+    def _splice(self) -> bytes:
+        patches = []
+        for f in self.fields():
+            if f.is_modified(self.buf, self.binary):
+                w = make_writer(self.binary)
+                if self.binary:
+                    w.parts.clear()  # no header: this is one value
+                write_value(w, f)
+                patches.append((f.span, w.getvalue()))
+        if not patches:
+            return bytes(self.buf)
+        out, last = [], 0
+        for (lo, hi), data in sorted(patches, key=lambda p: p[0][0]):
+            out += [memoryview(self.buf)[last:lo], data]
+            last = hi
+        out.append(memoryview(self.buf)[last:])
+        return b"".join(out)
+
+    def _encode(self, binary: bool) -> bytes:
+        w = make_writer(binary)
+        if self.transition_model is not None:
+            self.transition_model.write(w)
+        self.nnet.write(w)
+        if self.transition_model is not None:
+            w.token("<LeftContext>")
+            w.int32(self.left_context)
+            w.token("<RightContext>")
+            w.int32(self.right_context)
+            w.token("<Priors>")
+            write_value(w, self.priors)
+        return w.getvalue()
+
+
+def read_nnet_file(buf: bytearray, path: str | os.PathLike | None = None) -> NnetFile:
+    """Parses a whole ``.mdl`` or ``.raw`` file held in ``buf``."""
+    if not buf:
+        raise KaldiFormatError(path, "byte 0", "expected a Kaldi nnet3 model, found an empty file")
+    r = make_reader(buf, path)
+    first = r.peek_byte()
+    start = r.pos
+    model = NnetFile(Path(path) if path is not None else None, r.binary, buf, nnet=None)  # type: ignore[arg-type]
+    if first == ord("<") and bytes(buf[r.pos:r.pos + 18]).lstrip().startswith(b"<TransitionModel>"):
+        model.transition_model = read_transition_model(r)
+        model.nnet = read_nnet3(r)
+        _read_am_tail(r, model)
+    elif bytes(buf[r.pos:r.pos + 8]).lstrip().startswith(b"<Nnet3>"):
+        model.nnet = read_nnet3(r)
+    else:
+        raise r.error("expected <TransitionModel> (a .mdl file) or <Nnet3> (a .raw file), "
+                      f"found {bytes(buf[start:start + 20])!r}", start)
+    if not r.binary:
+        r.skip_space()
+    if not r.at_end():
+        raise r.error(f"expected the end of the file, found {r.end - r.pos} more bytes")
+    return model
+
+
+def _read_am_tail(r: Reader, model: NnetFile) -> None:
+    r.expect_token("<LeftContext>")
+    model.left_context = r.read_int32()
+    r.expect_token("<RightContext>")
+    model.right_context = r.read_int32()
+    r.expect_token("<Priors>")
+    pos = r.pos
+    priors, kind = r.read_vector()
+    model.priors = Field("<Priors>", VEC, priors, (pos, r.pos), kind,
+                         None if r.binary else fingerprint(priors))
+
+
+def load_nnet_file(path: str | os.PathLike) -> NnetFile:
+    """Reads and parses a model file; every problem is a :class:`KaldiFormatError`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        buf = bytearray(size)
+        with open(path, "rb") as f:
+            got = f.readinto(buf)
+    except FileNotFoundError:
+        raise KaldiFormatError(path, "", "expected a Kaldi model file, found no such file") from None
+    except IsADirectoryError:
+        raise KaldiFormatError(path, "", "expected a Kaldi model file, found a directory") from None
+    except OSError as e:
+        raise KaldiFormatError(path, "", f"expected a readable Kaldi model file, found: {e.strerror}") from None
+    if got != size:
+        raise KaldiFormatError(path, f"byte {got}", f"expected {size} bytes, read only {got}")
+    return read_nnet_file(buf, path)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes, *, protect: Path | None = None) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename.
+
+    ``protect`` is a file that must never be overwritten (the user's model).
+    """
+    path = Path(path)
+    if protect is not None and path.exists() and protect.exists() and os.path.samefile(path, protect):
+        raise KaldiFormatError(path, "", "refusing to write over the input model; choose another output path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_nnet_file(model: NnetFile, path: str | os.PathLike, binary: bool | None = None) -> None:
+    """Writes ``model`` to ``path`` atomically; never over the file it was read from."""
+    write_atomically(path, model.to_bytes(binary), protect=model.path)
+
+
+__all__ = ["NnetFile", "read_nnet_file", "load_nnet_file", "save_nnet_file", "write_atomically", "BINARY_HEADER"]
