@@ -317,9 +317,10 @@ def check_component(r: Reader, comp: Component) -> None:
                               f"{len(offsets)} time offsets, found {cols}", wf.span[0])
         for f in (wf, comp.field("<BiasParams>")):
             if f is not None and f.value.size and not np.isfinite(f.value).all():
-                bad = int(np.flatnonzero(~np.isfinite(f.value.ravel()))[0])
+                bad = np.argwhere(~np.isfinite(f.value))[0]
+                at = f"row {bad[0]}, column {bad[1]}" if len(bad) == 2 else f"element {bad[0]}"
                 raise r.error(f"expected finite values in {f.token} of {ctype} {name}, "
-                              f"found {f.value.ravel()[bad]} at element {bad}", f.span[0])
+                              f"found {f.value[tuple(bad)]} at {at}", f.span[0])
     if ctype == "BatchNormComponent":
         block = comp.get("<BlockDim>")
         for tok in ("<StatsMean>", "<StatsVar>"):

@@ -51,7 +51,7 @@ class NnetFile:
         """The file's bytes, in its own format unless ``binary`` says otherwise."""
         if binary is None or binary == self.binary:
             return self._splice()
-        return self._encode(binary)
+        return self.encode(binary)
 
     def _splice(self) -> bytes:
         patches = []
@@ -71,7 +71,8 @@ class NnetFile:
         out.append(memoryview(self.buf)[last:])
         return b"".join(out)
 
-    def _encode(self, binary: bool) -> bytes:
+    def encode(self, binary: bool) -> bytes:
+        """Encodes every item anew in the given format (no byte of the source is reused)."""
         w = make_writer(binary)
         if self.transition_model is not None:
             self.transition_model.write(w)
