@@ -1,0 +1,70 @@
+"""The Hydra entry point: ``python -m kprune [overrides]`` (``-m`` for sweeps).
+
+This module only wires configuration to :mod:`kprune.runner`; see
+``conf/config.yaml`` for the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from kprune.errors import KpruneError
+from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
+
+log = logging.getLogger(__name__)
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _model_layers(model: str | None = None) -> str:
+    """``${kprune_layers:${model}}``: the model's default layers, for per-layer sweeps."""
+    path = resolve_model_path(model, Path(hydra.utils.get_original_cwd()) if HydraConfig.initialized() else None)
+    return ",".join(load_model_once(path).model.default_layers)
+
+
+OmegaConf.register_new_resolver("kprune_layers", _model_layers, replace=True)
+
+_EVALUATORS: dict[str, object] = {}
+
+
+def _evaluator(cfg: DictConfig, model: Path):
+    """One evaluator per process and settings: its baseline and loaded decoder are reused."""
+    if cfg.eval.get("name", "none") == "none":
+        return None
+    key = OmegaConf.to_yaml(cfg.eval) + str(model)
+    if key not in _EVALUATORS:
+        from kprune.evaluate import build_evaluator
+
+        _EVALUATORS.clear()
+        _EVALUATORS[key] = build_evaluator(cfg.eval, model)
+    return _EVALUATORS[key]
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Runs one point; returns its error rate (or sparse rate) for sweepers that optimise."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        model = resolve_model_path(cfg.model, Path(hydra.utils.get_original_cwd()))
+        settings = PointSettings(
+            model=model, method=str(cfg.method), threshold=cfg.threshold,
+            layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
+            exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
+            device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
+            histograms=bool(cfg.tensorboard.histograms), eval=OmegaConf.to_container(cfg.eval, resolve=True))
+        metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=_evaluator(cfg, model),
+                            tolerate_failure=multirun, summary="row" if multirun else "full")
+    except KpruneError as e:
+        if multirun:
+            log.error("%s", e)
+            return float("nan")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return float(metrics.get("cer", metrics.get("wer", metrics.get("sparsity", float("nan")))))

