@@ -1,0 +1,85 @@
+"""``python -m kprune``: the Hydra app end to end, in subprocesses as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kprune.kaldi.build import build_tdnn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kprune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kprune", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def tdnn(tmp_path):
+    path = tmp_path / "final.mdl"
+    path.write_bytes(build_tdnn(hidden_dim=24, num_pdfs=16))
+    return path
+
+
+def test_single_run_on_the_default_model(tmp_path):
+    proc = kprune("method=pct", "threshold=0.15", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["method"] == "pct" and metrics["threshold"] == 0.15
+    assert 14.0 < metrics["sparsity"] <= 15.0
+    assert (run / "final.mdl").stat().st_size == 14_356_670
+    assert "all  " in proc.stdout and "pct" in proc.stdout
+
+
+def test_run_dir_is_honoured_and_errors_are_one_line(tdnn, tmp_path):
+    proc = kprune(f"model={tdnn}", "layers=nope", "hydra.run.dir=custom/run", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "layers=nope matches no weight layer" in lines[0] and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "custom/run/error.json").read_text())["type"] == "ConfigError"
+
+
+def test_sweep_survives_a_failed_point_and_resumes(tdnn, tmp_path):
+    args = ("-m", f"model={tdnn}", "method=pct", "threshold=0.2,1.5,0.4", "hydra.sweep.dir=sweep")
+    proc = kprune(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout + proc.stderr).count("loaded ") == 1  # parsed once for the whole sweep
+    sweep = tmp_path / "sweep"
+    ok = json.loads((sweep / "method=pct,threshold=0.4" / "metrics.json").read_text())
+    assert ok["status"] == "ok" and ok["group"] == "default"
+    failed = sweep / "method=pct,threshold=1.5"
+    assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
+    assert "must be in [0, 1]" in json.loads((failed / "error.json").read_text())["error"]
+    stamp = (sweep / "method=pct,threshold=0.2" / "final.mdl").stat().st_mtime_ns
+
+    again = kprune(*args, cwd=tmp_path)
+    assert again.returncode == 0
+    assert (again.stdout + again.stderr).count("complete for these settings, skipped") == 2
+    assert (sweep / "method=pct,threshold=0.2" / "final.mdl").stat().st_mtime_ns == stamp
+
+
+def test_per_layer_experiment_reads_the_layers_from_the_model(tdnn, tmp_path):
+    proc = kprune("-m", "+experiment=layer_sweep", f"model={tdnn}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sweep = tmp_path / "outputs" / "sweeps" / "layer_sweep"
+    points = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert points == sorted(f"layers={n}" for n in
+                            ["affine1", "affine2", "affine3", "affine4", "affine5", "affine6", "final-affine"])
+    metrics = json.loads((sweep / "layers=affine3" / "metrics.json").read_text())
+    assert metrics["method"] == "abs" and metrics["threshold"] == 0.15 and metrics["group"] == "layer_sweep"
+
+
+@pytest.mark.parametrize("name, method, count", [("abs_sweep", "abs", 7), ("pos_sweep", "pos", 16),
+                                                 ("neg_sweep", "neg", 13), ("pct_sweep", "pct", 11)])
+def test_experiment_presets_hold_the_original_thresholds(name, method, count):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
+    assert cfg.method == method and cfg.group == name
+    assert len(str(cfg.hydra.sweeper.params.threshold).split(",")) == count

