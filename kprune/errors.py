@@ -37,3 +37,7 @@ class KaldiFormatError(KpruneError):
 
 class EvaluationError(KpruneError):
     """A decode or a scoring step that could not be carried out."""
+
+
+class ResultsError(KpruneError):
+    """A run directory whose results (metrics.json, error.json) cannot be read."""

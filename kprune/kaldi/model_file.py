@@ -15,6 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from kprune.errors import KaldiFormatError
 from kprune.kaldi.components import VEC, Component, Field, fingerprint, write_value
@@ -49,11 +50,15 @@ class NnetFile:
 
     def to_bytes(self, binary: bool | None = None) -> bytes:
         """The file's bytes, in its own format unless ``binary`` says otherwise."""
+        return b"".join(self.chunks(binary))
+
+    def chunks(self, binary: bool | None = None) -> list[bytes | memoryview]:
+        """The file's bytes as consecutive pieces (views of the buffer where unchanged)."""
         if binary is None or binary == self.binary:
             return self._splice()
-        return self.encode(binary)
+        return [self.encode(binary)]
 
-    def _splice(self) -> bytes:
+    def _splice(self) -> list[bytes | memoryview]:
         patches = []
         for f in self.fields():
             if f.is_modified(self.buf, self.binary):
@@ -62,14 +67,13 @@ class NnetFile:
                     w.parts.clear()  # no header: this is one value
                 write_value(w, f)
                 patches.append((f.span, w.getvalue()))
-        if not patches:
-            return bytes(self.buf)
         out, last = [], 0
+        view = memoryview(self.buf)
         for (lo, hi), data in sorted(patches, key=lambda p: p[0][0]):
-            out += [memoryview(self.buf)[last:lo], data]
+            out += [view[last:lo], data]
             last = hi
-        out.append(memoryview(self.buf)[last:])
-        return b"".join(out)
+        out.append(view[last:])
+        return out
 
     def encode(self, binary: bool) -> bytes:
         """Encodes every item anew in the given format (no byte of the source is reused)."""
@@ -142,8 +146,9 @@ def load_nnet_file(path: str | os.PathLike) -> NnetFile:
     return read_nnet_file(buf, path)
 
 
-def write_atomically(path: str | os.PathLike, data: bytes, *, protect: Path | None = None) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and a rename.
+def write_atomically(path: str | os.PathLike, data: bytes | Iterable[bytes | memoryview], *,
+                     protect: Path | None = None) -> None:
+    """Writes ``data`` (bytes, or pieces of it) to ``path`` through a temporary file and a rename.
 
     ``protect`` is a file that must never be overwritten (the user's model).
     """
@@ -154,7 +159,8 @@ def write_atomically(path: str | os.PathLike, data: bytes, *, protect: Path | No
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -168,7 +174,7 @@ def write_atomically(path: str | os.PathLike, data: bytes, *, protect: Path | No
 
 def save_nnet_file(model: NnetFile, path: str | os.PathLike, binary: bool | None = None) -> None:
     """Writes ``model`` to ``path`` atomically; never over the file it was read from."""
-    write_atomically(path, model.to_bytes(binary), protect=model.path)
+    write_atomically(path, model.chunks(binary), protect=model.path)
 
 
 __all__ = ["NnetFile", "read_nnet_file", "load_nnet_file", "save_nnet_file", "write_atomically", "BINARY_HEADER"]

@@ -1,0 +1,572 @@
+"""Tables and plots of finished runs and sweeps (what ``tools/summarize`` writes).
+
+Reading results, formatting tables and drawing plots are separate functions; the
+command line in ``tools/summarize`` only parses its arguments and calls
+:func:`summarize`.
+
+A *run directory* is one that holds ``metrics.json`` or ``error.json`` (see the
+run directory layout in the README).  Run directories are found recursively
+under each directory given, so a sweep (``outputs/sweeps/<group>``), a
+single run, or the whole ``outputs/`` tree can be passed.  Hidden directories
+(``.hydra``) and the inside of run directories are not searched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kprune.errors import ConfigError, KpruneError, ResultsError
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.json"
+
+TSV_FILE = "summary.tsv"
+MARKDOWN_FILE = "summary.md"
+SPARSITY_PLOT = "sparsity_vs_threshold.png"
+ERROR_PLOT = "error_vs_sparsity.png"
+PER_LAYER_PLOT = "per_layer.png"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run or sweep point, as read from its directory.  Rates are percentages."""
+
+    run_dir: Path
+    group: str
+    method: str
+    threshold: float | None
+    layers: str
+    status: str
+    sparsity: float | None = None
+    sparsity_selected: float | None = None
+    removed_energy: float | None = None
+    wer: float | None = None
+    cer: float | None = None
+    wer_delta_abs: float | None = None
+    wer_delta_rel: float | None = None
+    cer_delta_abs: float | None = None
+    cer_delta_rel: float | None = None
+    baseline_wer: float | None = None
+    baseline_cer: float | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+@dataclass
+class Summary:
+    """What :func:`summarize` read and wrote."""
+
+    runs: list[RunResult]
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def find_run_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
+    """Every run directory at or under ``sweep_dir``, sorted by path."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise ConfigError(f"sweep directory {root} does not exist or is not a directory")
+    found = []
+    for current, dirs, files in os.walk(root):
+        if METRICS_FILE in files or ERROR_FILE in files:
+            found.append(Path(current))
+            dirs.clear()  # a run directory holds no further runs
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(found)
+
+
+def load_run(run_dir: str | os.PathLike, sweep_dir: str | os.PathLike | None = None) -> RunResult:
+    """Read one run directory's ``metrics.json`` and, for a failed point, ``error.json``.
+
+    ``sweep_dir`` is the directory the run was found under; it names the group
+    when ``metrics.json`` has none.
+    """
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / METRICS_FILE
+    error_path = run_dir / ERROR_FILE
+    metrics = _read_json(metrics_path) if metrics_path.exists() else None
+    error_info = _read_json(error_path) if error_path.exists() else None
+
+    if metrics is None:
+        # The point failed before it could write metrics.json: take what the
+        # Hydra config says about it.
+        metrics = {"status": "failed", **_config_of(run_dir)}
+        source = error_path
+    else:
+        source = metrics_path
+        for key in ("method", "threshold"):
+            if key not in metrics:
+                raise ResultsError(f"{metrics_path}: expected key {key!r}, found keys {sorted(metrics)}")
+
+    status = str(metrics.get("status", "ok"))
+    error = None
+    if status == "failed":
+        error = _error_text(error_info) if error_info is not None else "failed (no error.json)"
+    baseline = metrics.get("baseline") if isinstance(metrics.get("baseline"), dict) else {}
+
+    return RunResult(
+        run_dir=run_dir,
+        group=str(metrics.get("group") or _default_group(run_dir, sweep_dir)),
+        method=str(metrics.get("method", "?")),
+        threshold=_number(metrics.get("threshold"), "threshold", source),
+        layers=_layers_text(metrics.get("layers", "all")),
+        status=status,
+        sparsity=_number(metrics.get("sparsity"), "sparsity", source),
+        sparsity_selected=_number(metrics.get("sparsity_selected"), "sparsity_selected", source),
+        removed_energy=_number(metrics.get("removed_energy"), "removed_energy", source),
+        wer=_number(metrics.get("wer"), "wer", source),
+        cer=_number(metrics.get("cer"), "cer", source),
+        wer_delta_abs=_number(metrics.get("wer_delta_abs"), "wer_delta_abs", source),
+        wer_delta_rel=_number(metrics.get("wer_delta_rel"), "wer_delta_rel", source),
+        cer_delta_abs=_number(metrics.get("cer_delta_abs"), "cer_delta_abs", source),
+        cer_delta_rel=_number(metrics.get("cer_delta_rel"), "cer_delta_rel", source),
+        baseline_wer=_number(baseline.get("wer"), "baseline.wer", source),
+        baseline_cer=_number(baseline.get("cer"), "baseline.cer", source),
+        error=error,
+    )
+
+
+def collect_runs(sweep_dirs: Sequence[str | os.PathLike]) -> list[RunResult]:
+    """Every run under the given directories, each once, in table order."""
+    seen: set[Path] = set()
+    runs = []
+    for sweep_dir in sweep_dirs:
+        for run_dir in find_run_dirs(sweep_dir):
+            key = run_dir.resolve()
+            if key not in seen:
+                seen.add(key)
+                runs.append(load_run(run_dir, sweep_dir))
+    if not runs:
+        names = ", ".join(str(d) for d in sweep_dirs)
+        raise ConfigError(f"no runs found under {names}: expected directories holding {METRICS_FILE} or {ERROR_FILE}")
+    return sorted(runs, key=_sort_key)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot read JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _config_of(run_dir: Path) -> dict[str, Any]:
+    """method, threshold, layers and group from the run's ``.hydra/config.yaml``, if any."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        return {}
+    import yaml  # comes with hydra-core (omegaconf)
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ResultsError(f"{path}: cannot read YAML: {exc}") from None
+    found = {}
+    for key in ("method", "threshold", "layers", "group"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict):  # a config group such as method: {name: pct, ...}
+            value = value.get("name")
+        if value is not None:
+            found[key] = value
+    return found
+
+
+def _error_text(error_info: dict[str, Any]) -> str:
+    parts = [str(error_info[key]) for key in ("stage", "type") if error_info.get(key)]
+    parts.append(str(error_info.get("error", "unknown error")))
+    return " ".join(": ".join(parts).split())  # one line
+
+
+def _number(value: Any, key: str, path: Path) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ResultsError(f"{path}: expected a number for {key!r}, found {value!r}")
+    return value
+
+
+def _layers_text(layers: Any) -> str:
+    if isinstance(layers, (list, tuple)):
+        return ",".join(str(layer) for layer in layers)
+    return str(layers)
+
+
+def _default_group(run_dir: Path, sweep_dir: str | os.PathLike | None) -> str:
+    """The name of the nearest Hydra sweep directory above the run, else of ``sweep_dir``."""
+    root = Path(sweep_dir).resolve() if sweep_dir is not None else None
+    for parent in [run_dir.resolve(), *run_dir.resolve().parents]:
+        if (parent / "multirun.yaml").exists():
+            return parent.name
+        if parent == root:
+            break
+    return root.name if root is not None else run_dir.name
+
+
+def _natural_key(text: str) -> list[Any]:
+    # tdnnf2 before tdnnf10
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text)]
+
+
+def _sort_key(run: RunResult) -> tuple[Any, ...]:
+    threshold = math.inf if run.threshold is None else run.threshold
+    return (run.group, run.method, _natural_key(run.layers), threshold, str(run.run_dir))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header and how a run's cell is written."""
+
+    header: str
+    cell: Callable[[RunResult], str]
+
+
+def format_threshold(threshold: float | None) -> str:
+    """The threshold as it was given: the shortest text that reads back the same number."""
+    if threshold is None:
+        return ""
+    return repr(threshold) if isinstance(threshold, float) else str(threshold)
+
+
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _delta(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
+def table_columns(runs: Sequence[RunResult]) -> list[Column]:
+    """The columns of the table: the original experiments' ones, then what was measured.
+
+    Error-rate columns appear only when some run has them, the error column only
+    when some run failed.
+    """
+    columns = [
+        Column("group", lambda r: r.group),
+        Column("pruned layer", lambda r: r.layers),
+        Column("pruning method", lambda r: r.method),
+        Column("pruning threshold", lambda r: format_threshold(r.threshold)),
+        Column("sparse rate (%)", lambda r: _rate(r.sparsity)),
+        Column("selected sparse rate (%)", lambda r: _rate(r.sparsity_selected)),
+        Column("removed energy (%)", lambda r: _rate(r.removed_energy)),
+    ]
+    for measure in ("wer", "cer"):
+        name = measure.upper()
+        optional = [
+            (measure, Column(f"{name} (%)", lambda r, m=measure: _rate(getattr(r, m)))),
+            (f"{measure}_delta_abs",
+             Column(f"{name} change (abs)", lambda r, m=measure: _delta(getattr(r, f"{m}_delta_abs")))),
+            (f"{measure}_delta_rel",
+             Column(f"{name} change (rel %)", lambda r, m=measure: _delta(getattr(r, f"{m}_delta_rel")))),
+        ]
+        columns += [column for key, column in optional if any(getattr(r, key) is not None for r in runs)]
+    if any(run.failed for run in runs):
+        columns.append(Column("error", lambda r: r.error or ""))
+    return columns
+
+
+def table_rows(runs: Sequence[RunResult]) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of the table, as text cells."""
+    columns = table_columns(runs)
+    return [c.header for c in columns], [[c.cell(run) for c in columns] for run in runs]
+
+
+def format_tsv(runs: Sequence[RunResult]) -> str:
+    """The table as tab-separated values with a header line."""
+    header, rows = table_rows(runs)
+    clean = lambda cell: " ".join(cell.split())  # noqa: E731 -- no tab or newline inside a cell
+    return "".join("\t".join(clean(c) for c in row) + "\n" for row in [header, *rows])
+
+
+def format_markdown(runs: Sequence[RunResult]) -> str:
+    """The table in Markdown, followed by the dense baselines the deltas refer to."""
+    header, rows = table_rows(runs)
+    numeric = [h.endswith(")") or h == "pruning threshold" for h in header]
+
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(header), "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    out += [line(row) for row in rows]
+
+    baselines: dict[tuple[float | None, float | None], set[str]] = defaultdict(set)
+    for run in runs:
+        if run.baseline_wer is not None or run.baseline_cer is not None:
+            baselines[(run.baseline_wer, run.baseline_cer)].add(run.group)
+    if baselines:
+        out.append("")
+        for (wer, cer), groups in sorted(baselines.items(), key=lambda item: sorted(item[1])):
+            rates = ", ".join(f"{name} {value:.2f} %" for name, value in (("WER", wer), ("CER", cer))
+                              if value is not None)
+            out.append(f"Unpruned baseline ({', '.join(sorted(groups))}): {rates}.")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- series
+
+
+@dataclass
+class Series:
+    """Runs that differ in one setting only: the threshold, or the layer."""
+
+    label: str
+    runs: list[RunResult]
+
+
+def threshold_sweeps(runs: Sequence[RunResult]) -> list[Series]:
+    """One series per (group, method, layers), threshold ascending.
+
+    Points that belong to a per-layer sweep (see :func:`layer_sweeps`) are left
+    out, and so are failed ones and ones without a threshold.
+    """
+    in_layer_sweeps = {id(run) for series in layer_sweeps(runs) for run in series.runs}
+    by_key: dict[tuple[str, str, str], list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if id(run) not in in_layer_sweeps and not run.failed and run.threshold is not None:
+            by_key[(run.group, run.method, run.layers)].append(run)
+    groups = {key[0] for key in by_key}
+    series = []
+    for (group, method, layers), members in sorted(by_key.items()):
+        label = method if layers == "all" else f"{method} [{layers}]"
+        if len(groups) > 1:
+            label = f"{label} ({group})"
+        series.append(Series(label, sorted(members, key=lambda r: r.threshold)))
+    return series
+
+
+def layer_sweeps(runs: Sequence[RunResult]) -> list[Series]:
+    """One series per (group, method, threshold) tried on several layer selections.
+
+    A selection that is itself swept over thresholds in the same group (e.g.
+    ``all``) is not part of a per-layer sweep.
+    """
+    thresholds_of: dict[tuple[str, str, str], set[float | None]] = defaultdict(set)
+    for run in runs:
+        thresholds_of[(run.group, run.method, run.layers)].add(run.threshold)
+    by_key: dict[tuple[str, str, float | None], list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if len(thresholds_of[(run.group, run.method, run.layers)]) == 1:
+            by_key[(run.group, run.method, run.threshold)].append(run)
+    series = []
+    for (group, method, threshold), members in sorted(by_key.items(), key=lambda item: _sort_key(item[1][0])):
+        if len({run.layers for run in members}) < 2:
+            continue
+        members = sorted(members, key=_network_order(members))
+        series.append(Series(f"{group}: {method} at {format_threshold(threshold)}, one layer at a time", members))
+    return series
+
+
+def _network_order(runs: Sequence[RunResult]) -> Callable[[RunResult], tuple[Any, ...]]:
+    """Sort key putting layers in the order of the model file, as listed in a run's
+    ``sparsity.json``; selections it does not list (patterns) go last, by name."""
+    order: dict[str, int] = {}
+    for run in runs:
+        try:
+            per_layer = json.loads((run.run_dir / "sparsity.json").read_text(encoding="utf-8"))["per_layer"]
+            order = {name: index for index, name in enumerate(per_layer)}
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # only an ordering nicety: the table does not depend on it
+    return lambda run: (order.get(run.layers, len(order)), _natural_key(run.layers))
+
+
+def error_measure(runs: Sequence[RunResult]) -> str | None:
+    """``"cer"`` when some run has a CER, else ``"wer"`` when some has a WER, else None."""
+    for measure in ("cer", "wer"):
+        if any(getattr(run, measure) is not None for run in runs):
+            return measure
+    return None
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise KpruneError("the plots need matplotlib: pip install matplotlib (or pass --no-plots)") from None
+    # A bare Figure renders with Agg and leaves pyplot's global backend alone.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_sparsity_vs_threshold(runs: Sequence[RunResult]) -> Any | None:
+    """Sparse rate against threshold, one line per method; None when nothing to draw."""
+    series = [s for s in threshold_sweeps(runs) if any(r.sparsity is not None for r in s.runs)]
+    if not series:
+        return None
+    figure = _figure(7, 4.5)
+    ax = figure.add_subplot()
+    for s in series:
+        points = [(r.threshold, r.sparsity) for r in s.runs if r.sparsity is not None]
+        ax.plot(*zip(*points), marker="o", label=s.label)
+    ax.set_xlabel("pruning threshold")
+    ax.set_ylabel("sparse rate over the network (%)")
+    ax.set_title("Sparse rate against threshold")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return figure
+
+
+def plot_error_vs_sparsity(runs: Sequence[RunResult]) -> Any | None:
+    """CER (else WER) against sparse rate, one line per method, with the unpruned baseline."""
+    measure = error_measure(runs)
+    if measure is None:
+        return None
+    series = []
+    for s in threshold_sweeps(runs):
+        points = sorted((r.sparsity, getattr(r, measure)) for r in s.runs
+                        if r.sparsity is not None and getattr(r, measure) is not None)
+        if points:
+            series.append((s.label, points))
+    if not series:
+        return None
+    figure = _figure(7, 4.5)
+    ax = figure.add_subplot()
+    for label, points in series:
+        ax.plot(*zip(*points), marker="o", label=label)
+    baselines = sorted({getattr(r, f"baseline_{measure}") for r in runs} - {None})
+    for value in baselines:
+        ax.axhline(value, color="black", linestyle="--", linewidth=1,
+                   label=f"unpruned baseline ({value:.2f} %)")
+    ax.set_xlabel("sparse rate over the network (%)")
+    ax.set_ylabel(f"{measure.upper()} (%)")
+    ax.set_title(f"{measure.upper()} against sparse rate")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return figure
+
+
+def plot_per_layer(runs: Sequence[RunResult]) -> Any | None:
+    """For each per-layer sweep: the error rate per layer (when evaluated), then the
+    layer's own sparse rate and the removed energy, as bars."""
+    sweeps = layer_sweeps(runs)
+    if not sweeps:
+        return None
+    panels = []
+    for s in sweeps:
+        measure = error_measure(s.runs)
+        if measure is not None:
+            panels.append((s, measure))
+        panels.append((s, None))
+    widest = max(len(s.runs) for s in sweeps)
+    figure = _figure(max(7.0, 0.32 * widest + 2), 3.4 * len(panels))
+    axes = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (s, measure) in zip(axes, panels):
+        names = [r.layers for r in s.runs]
+        positions = range(len(names))
+        if measure is not None:
+            values = [getattr(r, measure) for r in s.runs]
+            ax.bar(positions, [v if v is not None else 0 for v in values], color="tab:red")
+            for x, (run, value) in enumerate(zip(s.runs, values)):
+                if value is None:
+                    ax.text(x, 0, "failed" if run.failed else "n/a", rotation=90, ha="center", va="bottom",
+                            fontsize="x-small")
+            for value in sorted({getattr(r, f"baseline_{measure}") for r in s.runs} - {None}):
+                ax.axhline(value, color="black", linestyle="--", linewidth=1,
+                           label=f"unpruned baseline ({value:.2f} %)")
+            ax.set_ylabel(f"{measure.upper()} (%)")
+            ax.set_title(f"{s.label}: {measure.upper()} when only this layer is pruned")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+        else:
+            width = 0.4
+            ax.bar([x - width / 2 for x in positions], [r.sparsity_selected or 0 for r in s.runs], width,
+                   label="layer's sparse rate (%)")
+            ax.bar([x + width / 2 for x in positions], [r.removed_energy or 0 for r in s.runs], width,
+                   label="removed energy (%)")
+            ax.set_ylabel("%")
+            ax.set_title(f"{s.label}: how much of each layer was pruned")
+            ax.legend(fontsize="small")
+        ax.set_xticks(list(positions), names, rotation=90, fontsize="small")
+        ax.grid(True, axis="y", alpha=0.3)
+    return figure
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+PLOTS: dict[str, Callable[[Sequence[RunResult]], Any | None]] = {
+    SPARSITY_PLOT: plot_sparsity_vs_threshold,
+    ERROR_PLOT: plot_error_vs_sparsity,
+    PER_LAYER_PLOT: plot_per_layer,
+}
+
+
+def summarize(
+    sweep_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    *,
+    plots: bool = True,
+) -> Summary:
+    """Read every run under ``sweep_dirs`` and write the tables and plots into ``out_dir``.
+
+    ``out_dir`` defaults to the first sweep directory.  A plot with nothing to
+    show (no error rates, no per-layer sweep) is not written, and one left there
+    by an earlier call is removed so that it cannot be taken for a current one.
+    """
+    if not sweep_dirs:
+        raise ConfigError("no sweep directory given")
+    runs = collect_runs(sweep_dirs)
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(runs=runs, out_dir=out)
+
+    for name, text in ((TSV_FILE, format_tsv(runs)), (MARKDOWN_FILE, format_markdown(runs))):
+        write_atomic(out / name, text.encode("utf-8"))
+        summary.written.append(out / name)
+    if plots:
+        for name, draw in PLOTS.items():
+            figure = draw(runs)
+            if figure is None:
+                if (out / name).exists():
+                    logger.info("removing %s: this summary has nothing to draw there", out / name)
+                    (out / name).unlink()
+                continue
+            write_atomic(out / name, _png(figure))
+            summary.written.append(out / name)
+    return summary
