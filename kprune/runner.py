@@ -31,7 +31,7 @@ import torch
 
 from kprune.errors import ConfigError, KpruneError
 from kprune.kaldi import write_atomically
-from kprune.masks import WeightSummary, apply_masks, sparsity_stats, summarize_weights
+from kprune.masks import SparsityStats, WeightSummary, apply_masks, sparsity_stats, summarize_weights
 from kprune.methods import compute_masks, get_method, validate_threshold
 from kprune.model import Model, load_model
 
@@ -149,6 +149,27 @@ class PointSettings:
                 "layers": self.layers, "exclude": self.exclude, "eval": evaluation}
 
 
+def prune(loaded: LoadedModel, method: str, threshold: float, layers: Any = "all", exclude: Any = (),
+          device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], SparsityStats]:
+    """Masks the selected layers of ``loaded.model`` in place; returns the masks and the statistics.
+
+    The masks are computed on ``device`` and returned on the CPU.  Statistics
+    cover the network's prunable layers (the ``all`` layers plus the selected).
+    """
+    model = loaded.model
+    selected = model.select(layers, exclude)
+    chosen = set(selected)
+    network = [n for n in model.layers if model.layers[n].prunable_by_default or n in chosen]
+    weights = {n: model.layers[n].weight for n in network}
+    device = torch.device(device)
+    masks = compute_masks(method, [weights[n].to(device) for n in selected], threshold)
+    masks = {n: m.cpu() for n, m in zip(selected, masks)}
+    stats = sparsity_stats(weights, masks, types={n: model.layers[n].type for n in network},
+                           baseline={n: loaded.baseline[n] for n in network})
+    apply_masks(weights, masks)
+    return masks, stats
+
+
 def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Any = None, tolerate_failure: bool = False,
               summary: str = "full") -> dict[str, Any]:
     """Prunes, exports, evaluates and records one point in ``run_dir``; returns its metrics.
@@ -179,16 +200,8 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Any = None, 
         _archive_previous(run_dir)
         write_json(run_dir / POINT, fingerprint)
 
-        model = loaded.model
-        selected = model.select(settings.layers, settings.exclude)
-        network = [n for n in model.layers if n in set(model.default_layers) | set(selected)]
-        weights = {n: model.layers[n].weight for n in network}
         device = resolve_device(settings.device)
-        masks = compute_masks(method, [weights[n].to(device) for n in selected], threshold)
-        masks = {n: m.cpu() for n, m in zip(selected, masks)}
-        stats = sparsity_stats(weights, masks, types={n: model.layers[n].type for n in network},
-                               baseline={n: loaded.baseline[n] for n in network})
-        apply_masks(weights, masks)
+        masks, stats = prune(loaded, method.name, threshold, settings.layers, settings.exclude, device)
         sparsity_doc = stats.to_dict(method=method.name, threshold=threshold, layers=metrics["layers"])
         sparsity_doc["device"] = str(device)
         metrics.update(sparsity=stats.sparsity, sparsity_selected=stats.sparsity_selected,
@@ -196,7 +209,7 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Any = None, 
 
         stage = "export"
         pruned_path = run_dir / settings.model.name
-        model.save(pruned_path)
+        loaded.model.save(pruned_path)
         if settings.save_masks:
             _save_masks(masks, run_dir / MASKS)
         write_json(run_dir / SPARSITY, sparsity_doc)
