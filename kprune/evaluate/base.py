@@ -1,0 +1,256 @@
+"""The evaluator interface, the backend registry and the baseline cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
+
+from kprune.errors import ConfigError, EvaluationError
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever what a cached baseline holds, or how it is keyed, changes.
+CACHE_FORMAT = 1
+
+_REGISTRY: dict[str, type[Evaluator]] = {}
+E = TypeVar("E", bound="type[Evaluator]")
+
+
+def register_evaluator(name: str) -> Callable[[E], E]:
+    """Class decorator: make a backend available as ``eval=<name>``."""
+
+    def decorate(cls: E) -> E:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"evaluator {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def registered_evaluators() -> dict[str, type[Evaluator]]:
+    """Name -> class of every registered backend."""
+    return dict(_REGISTRY)
+
+
+class Evaluator(ABC):
+    """Decodes a model and scores it against the references of one data set.
+
+    A backend implements :meth:`from_config`, :meth:`cache_key`,
+    :meth:`_decode_baseline`, :meth:`_baseline_metrics` and :meth:`_evaluate`;
+    this class adds the baseline cache and the deltas.  One instance serves
+    every point of a sweep: whatever does not depend on the pruned model (the
+    data, the references, the baseline) is prepared once.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, cache_dir: Path | None):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._baseline: dict[str, Any] | None = None
+        self._baseline_error: EvaluationError | None = None
+        #: How many times this instance decoded the unpruned model (0 on a cache hit).
+        self.baseline_decodes = 0
+
+    # ------------------------------------------------------------ to implement
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: Mapping[str, Any], model_path: Path) -> Evaluator:
+        """Build from the ``eval`` config (a plain mapping) and the original model."""
+
+    @abstractmethod
+    def cache_key(self) -> dict[str, Any]:
+        """JSON values that decide the baseline: a change in any means a new decode."""
+
+    @abstractmethod
+    def _decode_baseline(self) -> dict[str, Any]:
+        """Decode the unpruned model; the JSON-able record that gets cached."""
+
+    @abstractmethod
+    def _baseline_metrics(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Metrics (at least "wer"; "cer" where known) from a cached record."""
+
+    @abstractmethod
+    def _evaluate(self, model: Path, out_dir: Path) -> dict[str, Any]:
+        """Decode and score ``model``, write the outputs into ``out_dir``."""
+
+    # ------------------------------------------------------------ public API
+
+    def baseline(self) -> dict[str, Any]:
+        """Metrics of the unpruned model, decoded once and cached on disk.
+
+        A failed baseline decode is remembered, so a sweep does not retry it
+        for every point: each later call raises the same error.
+        """
+        if self._baseline is not None:
+            return self._baseline
+        if self._baseline_error is not None:
+            raise self._baseline_error
+        key = self.cache_key()
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        path = self.cache_dir / "baseline" / f"{self.name}-{digest[:24]}.json"
+        record = _read_cache(path, key)
+        if record is None:
+            log.info("decoding the unpruned model for the baseline (cached in %s)", path)
+            self.baseline_decodes += 1
+            try:
+                record = self._decode_baseline()
+            except EvaluationError as e:
+                self._baseline_error = EvaluationError(f"baseline (unpruned model): {e}")
+                raise self._baseline_error from e
+            write_json_atomic(path, {"key": key, "record": record})
+        else:
+            log.info("baseline read from %s", path)
+        self._baseline = self._baseline_metrics(record)
+        self._baseline["cache_file"] = str(path)
+        return self._baseline
+
+    def evaluate(self, pruned_model: Path, out_dir: Path) -> dict[str, Any]:
+        """Decode ``pruned_model``, write hypotheses and scores into ``out_dir``.
+
+        Returns the metrics of ``metrics.json``: "wer" and "cer" (%), the
+        reports, "baseline" {"wer", "cer"}, the absolute (percentage points) and
+        relative (%) deltas, and timings.  Raises :class:`EvaluationError` when
+        the decode fails or runs past the timeout.
+        """
+        pruned_model = Path(pruned_model).resolve()
+        if not pruned_model.is_file():
+            raise EvaluationError(f"{pruned_model}: the model to evaluate does not exist")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        base = self.baseline()
+        start = time.perf_counter()
+        metrics = self._evaluate(pruned_model, out_dir)
+        metrics["eval_seconds"] = time.perf_counter() - start
+        metrics["baseline"] = {k: base[k] for k in ("wer", "cer") if k in base}
+        for rate in ("wer", "cer"):
+            if rate in metrics and rate in base:
+                metrics[f"{rate}_delta_abs"] = metrics[rate] - base[rate]
+                metrics[f"{rate}_delta_rel"] = relative_change(metrics[rate], base[rate])
+        return metrics
+
+    def close(self) -> None:
+        """Release what the evaluator holds (staging files); it cannot be used after."""
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def relative_change(value: float, base: float) -> float | None:
+    """``100 * (value - base) / base``; 0 when both are 0, None when only base is."""
+    if base == 0:
+        return 0.0 if value == 0 else None
+    return 100.0 * (value - base) / base
+
+
+def _read_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable baseline cache %s: %s", path, e)
+        return None
+    if not isinstance(content, dict) or content.get("key") != key:
+        # A hash collision of the file name or a hand-edited file: decode again.
+        log.warning("ignoring baseline cache %s: it was made for other settings", path)
+        return None
+    return content.get("record")
+
+
+def default_cache_dir() -> Path:
+    """``$KPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kprune``, else ``~/.cache/kprune``."""
+    if os.environ.get("KPRUNE_CACHE_DIR"):
+        return Path(os.environ["KPRUNE_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "kprune"
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Content hash of a file, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file in the same directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON (UTF-8, indented) atomically."""
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------ config helpers
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict from a DictConfig (resolved) or a mapping."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra-core is a dependency
+        DictConfig = ()  # type: ignore[assignment]
+    if DictConfig and isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    raise ConfigError(f"eval: expected a mapping of settings, found {type(cfg).__name__}")
+
+
+def check_keys(cfg: Mapping[str, Any], known: set[str], backend: str) -> None:
+    """Refuse settings a backend does not know (typos would be silently ignored)."""
+    unknown = sorted(set(cfg) - known - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"eval.{unknown[0]}: unknown setting for eval={backend}; known: {', '.join(sorted(known))}"
+        )
+
+
+def absolute_path(value: str | os.PathLike) -> Path:
+    """A config path made absolute: against Hydra's original cwd under Hydra, else cwd."""
+    from hydra.utils import to_absolute_path
+
+    return Path(to_absolute_path(os.path.expanduser(os.fspath(value))))
+
+
+def positive_number(cfg: Mapping[str, Any], key: str, default: float, integer: bool = False) -> Any:
+    """A setting that must be a number > 0 (an int when ``integer``)."""
+    value = cfg.get(key, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "a positive number of seconds"
+        raise ConfigError(f"eval.{key}: expected {what}, found {value!r}")
+    return value
+
+
+def mandatory(cfg: Mapping[str, Any], key: str, backend: str, hint: str) -> Any:
+    """A setting that has no default (``???`` in the YAML)."""
+    value = cfg.get(key)
+    if value is None or value == "???" or value == "":
+        raise ConfigError(f"eval.{key} is required for eval={backend}: {hint}")
+    return value
