@@ -30,20 +30,14 @@ def _model_layers(model: str | None = None) -> str:
 
 OmegaConf.register_new_resolver("kprune_layers", _model_layers, replace=True)
 
-_EVALUATORS: dict[str, object] = {}
-
-
 def _evaluator(cfg: DictConfig, model: Path):
-    """One evaluator per process and settings: its baseline and loaded decoder are reused."""
+    """The evaluator of ``eval=`` (None for ``none``); the same settings give the same one back,
+    so a multirun decodes the baseline and prepares the data once."""
     if cfg.eval.get("name", "none") == "none":
         return None
-    key = OmegaConf.to_yaml(cfg.eval) + str(model)
-    if key not in _EVALUATORS:
-        from kprune.evaluate import build_evaluator
+    from kprune.evaluate import build_evaluator
 
-        _EVALUATORS.clear()
-        _EVALUATORS[key] = build_evaluator(cfg.eval, model)
-    return _EVALUATORS[key]
+    return build_evaluator(cfg.eval, model)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
