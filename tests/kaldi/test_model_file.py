@@ -126,3 +126,29 @@ def test_real_model_weights_share_the_file_buffer(real_model_path):
     model = load_nnet_file(real_model_path)
     weight = model.nnet.component("tdnnf3.linear").get("<LinearParams>")
     assert np.shares_memory(weight, np.frombuffer(model.buf, dtype=np.uint8))
+
+
+def _cm2(values: np.ndarray) -> bytes:
+    """Kaldi's CM2 encoding (uint16 per value, row-major) of a float matrix."""
+    lo, hi = float(values.min()), float(values.max())
+    rng = hi - lo
+    q = np.round((values - lo) / rng * 65535).astype("<u2")
+    header = np.array([lo, rng], dtype="<f4").tobytes() + np.array(values.shape, dtype="<i4").tobytes()
+    return b"CM2 " + header + q.tobytes()
+
+
+def test_compressed_weights_load_and_save():
+    data = build_all_types(unknown=False)
+    model = parse(data)
+    field = model.nnet.component("tdnn1.affine").weight_field
+    lo, hi = field.span
+    compressed = data[:lo] + _cm2(field.value) + data[hi:]
+    model = parse(compressed)
+    weight = model.nnet.component("tdnn1.affine").weight_field
+    assert weight.kind == "CM2" and weight.value.dtype == np.float32
+    np.testing.assert_allclose(weight.value, field.value, atol=float(np.ptp(field.value)) / 65535)
+    assert model.to_bytes() == compressed  # unchanged: the compressed bytes stay
+    weight.value[0, 0] = 0.0
+    rewritten = parse(model.to_bytes())  # changed: written back as a plain float matrix
+    assert rewritten.nnet.component("tdnn1.affine").weight_field.kind == "FM"
+    assert np.array_equal(rewritten.nnet.component("tdnn1.affine").get("<LinearParams>"), weight.value)
