@@ -6,9 +6,12 @@ This module only wires configuration to :mod:`kprune.runner`; see
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,11 +27,45 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 def _model_layers(model: str | None = None) -> str:
     """``${kprune_layers:${model}}``: the model's default layers, for per-layer sweeps."""
-    path = resolve_model_path(model, Path(hydra.utils.get_original_cwd()) if HydraConfig.initialized() else None)
-    return ",".join(load_model_once(path).model.default_layers)
+    try:
+        path = resolve_model_path(model, Path(hydra.utils.get_original_cwd()) if HydraConfig.initialized() else None)
+        return ",".join(load_model_once(path).model.default_layers)
+    except KpruneError as e:  # OmegaConf would wrap it in a traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# Overrides that do not name a sweep point: where and how it runs, what evaluates it.
+_NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment"}
+
+
+def point_dir_name(overrides: Sequence[str]) -> str:
+    """``${kprune_point:${hydra.overrides.task}}``: a sweep point's directory name.
+
+    Like Hydra's ``override_dirname`` (``method=abs,threshold=0.05``), but only
+    from the settings that define the point, with thresholds spelled one way
+    (``0.10`` and ``0.1`` are one point), and safe as one path component.
+    """
+    parts = []
+    for override in overrides:
+        key, _, value = str(override).partition("=")
+        key = key.lstrip("+~")
+        if key.split(".")[0] in _NOT_IN_POINT_NAME:
+            continue
+        if key == "threshold":
+            try:
+                value = repr(float(value))
+            except ValueError:
+                pass
+        parts.append(f"{key}={value}")
+    name = re.sub(r"[^\w.,=+\-*\[\]]", "_", ",".join(sorted(parts))) or "default"
+    if len(name) > 120:
+        name = f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return name
 
 
 OmegaConf.register_new_resolver("kprune_layers", _model_layers, replace=True)
+OmegaConf.register_new_resolver("kprune_point", point_dir_name, replace=True)
 
 def _evaluator(cfg: DictConfig, model: Path):
     """The evaluator of ``eval=`` (None for ``none``); the same settings give the same one back,
@@ -53,7 +90,7 @@ def main(cfg: DictConfig) -> float:
             exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
             device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
             histograms=bool(cfg.tensorboard.histograms), eval=OmegaConf.to_container(cfg.eval, resolve=True))
-        metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=_evaluator(cfg, model),
+        metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=lambda: _evaluator(cfg, model),
                             tolerate_failure=multirun, summary="row" if multirun else "full")
     except KpruneError as e:
         if multirun:

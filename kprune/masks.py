@@ -125,6 +125,7 @@ class SparsityStats:
             "sparsity_selected": self.sparsity_selected,
             "removed_energy": self.removed_energy,
             "weights": self.weights,
+            "pruned": self.pruned,
             "zeros": self.zeros,
             "per_layer": {n: s.to_dict() for n, s in self.per_layer.items()},
         }

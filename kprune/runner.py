@@ -22,10 +22,11 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -127,6 +128,10 @@ def resolve_device(name: str) -> torch.device:
 
 # -- one point ----------------------------------------------------------------
 
+# Evaluation settings that change how a point is computed, not its result.
+_OPERATIONAL_EVAL_KEYS = frozenset({"jobs", "nj", "timeout", "progress", "isolate", "cache_dir", "keep_lattices"})
+
+
 @dataclass
 class PointSettings:
     """What a run computes from; equal settings give equal outputs."""
@@ -142,9 +147,15 @@ class PointSettings:
     histograms: bool = True
     eval: Mapping[str, Any] | None = None
 
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.eval) and self.eval.get("name", "none") != "none"
+
     def fingerprint(self, identity: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings that decide a point's outputs (not how fast or how verbosely they are made)."""
         canonical = get_method(self.method).name
-        evaluation = {k: v for k, v in (self.eval or {}).items() if k not in ("jobs", "timeout")}
+        evaluation = ({k: v for k, v in self.eval.items() if k not in _OPERATIONAL_EVAL_KEYS}
+                      if self.evaluates else {})
         return {"model": dict(identity), "method": canonical, "threshold": float(self.threshold),
                 "layers": self.layers, "exclude": self.exclude, "eval": evaluation}
 
@@ -170,42 +181,42 @@ def prune(loaded: LoadedModel, method: str, threshold: float, layers: Any = "all
     return masks, stats
 
 
-def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Any = None, tolerate_failure: bool = False,
-              summary: str = "full") -> dict[str, Any]:
+def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[], Any] | None = None,
+              tolerate_failure: bool = False, summary: str = "full") -> dict[str, Any]:
     """Prunes, exports, evaluates and records one point in ``run_dir``; returns its metrics.
 
-    With ``tolerate_failure`` (a multirun), an error is recorded and returned as
-    a failed point; otherwise it is recorded and re-raised.  ``summary`` is
-    ``"full"`` (the row and the per-layer table), ``"row"`` or ``"none"``.
+    ``evaluator`` is called, only when the point is not already complete, to get
+    the evaluator (or None).  With ``tolerate_failure`` (a multirun), an error is
+    recorded and returned as a failed point; otherwise it is recorded and
+    re-raised.  ``summary`` is ``"full"`` (the row and the per-layer table),
+    ``"row"`` or ``"none"``.
     """
     run_dir = Path(run_dir)
+    _refuse_input_dir(settings.model, run_dir)  # before anything is written there
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    stage = "prune"
     metrics: dict[str, Any] = {"status": "failed", "group": settings.group, "method": settings.method,
                                "threshold": settings.threshold, "layers": _layers_text(settings.layers)}
-    sparsity_doc = None
-    loaded = None
+    stage, sparsity_doc, loaded, masks = "prune", None, None, None
     try:
         method = get_method(settings.method)
         threshold = validate_threshold(method, settings.threshold)
         metrics["method"] = method.name
         fingerprint = settings.fingerprint(model_identity(settings.model))
-        done = completed_metrics(run_dir, fingerprint, evaluated=evaluator is not None)
+        done = completed_metrics(run_dir, fingerprint, save_masks=settings.save_masks)
         if done is not None:
             log.info("%s: complete for these settings, skipped", run_dir)
             _print_summary(summary, done, None)
             return done
-        loaded = load_model_once(settings.model)
-        _archive_previous(run_dir)
+        _archive_previous(run_dir)  # before any write: a failure below loses nothing
         write_json(run_dir / POINT, fingerprint)
-
+        loaded = load_model_once(settings.model)
         device = resolve_device(settings.device)
         masks, stats = prune(loaded, method.name, threshold, settings.layers, settings.exclude, device)
         sparsity_doc = stats.to_dict(method=method.name, threshold=threshold, layers=metrics["layers"])
         sparsity_doc["device"] = str(device)
         metrics.update(sparsity=stats.sparsity, sparsity_selected=stats.sparsity_selected,
-                       removed_energy=stats.removed_energy)
+                       removed_energy=stats.removed_energy, pruned=stats.pruned, weights=stats.weights)
 
         stage = "export"
         pruned_path = run_dir / settings.model.name
@@ -215,13 +226,22 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Any = None, 
         write_json(run_dir / SPARSITY, sparsity_doc)
         metrics["prune_seconds"] = time.perf_counter() - started
 
-        if evaluator is not None:
+        if settings.evaluates and evaluator is not None:
             stage = "eval"
-            metrics.update(evaluator.evaluate(pruned_path, run_dir))
+            backend = evaluator()
+            if backend is not None:
+                metrics.update(backend.evaluate(pruned_path, run_dir))
         metrics["status"] = "ok"
+        metrics["seconds"] = time.perf_counter() - started
+        (run_dir / ERROR).unlink(missing_ok=True)
+        write_json(run_dir / METRICS, metrics)
+        _log_tensorboard(settings, run_dir, metrics, sparsity_doc, loaded, masks)
+        _print_summary(summary, metrics, sparsity_doc)
+        return metrics
     except Exception as e:  # recorded in run_dir; a multirun goes on
+        _archive_previous(run_dir)
         _record_failure(run_dir, metrics, stage, e)
-        _log_tensorboard(settings, run_dir, metrics, sparsity_doc, loaded)
+        _log_tensorboard(settings, run_dir, metrics, sparsity_doc, None, None)
         _print_summary(summary, metrics, None)
         if not tolerate_failure:
             raise
@@ -231,38 +251,47 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Any = None, 
         if loaded is not None:
             loaded.model.restore(loaded.snapshot)
 
-    metrics["seconds"] = time.perf_counter() - started
-    (run_dir / ERROR).unlink(missing_ok=True)
-    write_json(run_dir / METRICS, metrics)
-    _log_tensorboard(settings, run_dir, metrics, sparsity_doc, loaded, masks=masks)
-    _print_summary(summary, metrics, sparsity_doc)
-    return metrics
 
+def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
+                      save_masks: bool = False) -> dict[str, Any] | None:
+    """The metrics of a finished point with the same settings, or None.
 
-def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *, evaluated: bool) -> dict[str, Any] | None:
-    """The metrics of a finished point with the same settings, or None."""
+    A point evaluated earlier also satisfies a request without evaluation.
+    """
     try:
         metrics = json.loads((run_dir / METRICS).read_text())
         point = json.loads((run_dir / POINT).read_text())
     except (OSError, ValueError):
         return None
-    if metrics.get("status") != "ok" or point != json.loads(json.dumps(fingerprint)):
-        return None
-    if evaluated and "wer" not in metrics and "cer" not in metrics:
+    wanted = json.loads(json.dumps(fingerprint))
+    if not wanted["eval"]:
+        point = {**point, "eval": {}}
+    if metrics.get("status") != "ok" or point != wanted:
         return None
     if not (run_dir / Path(fingerprint["model"]["model"]).name).is_file():
+        return None
+    if save_masks and not (run_dir / MASKS).is_file():
         return None
     return metrics
 
 
+def _refuse_input_dir(model: Path, run_dir: Path) -> None:
+    """The run directory must not be where the input model lives (it would be replaced)."""
+    target = run_dir / model.name
+    if target.exists() and model.exists() and os.path.samefile(target, model):
+        raise ConfigError(f"the run directory {run_dir} holds the input model {model}; "
+                          "choose another hydra.run.dir / hydra.sweep.dir")
+
+
 def _archive_previous(run_dir: Path) -> None:
-    """Moves outputs of an earlier run with other settings aside, so a failure loses nothing."""
+    """Moves a completed run's outputs aside (they are for other settings), so nothing is lost."""
     try:
         if json.loads((run_dir / METRICS).read_text()).get("status") != "ok":
             return
     except (OSError, ValueError):
         return
     keep = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
+    keep = Path(tempfile.mkdtemp(prefix=keep.name + "-", dir=keep.parent)) if keep.exists() else keep
     keep.mkdir(parents=True, exist_ok=True)
     for p in run_dir.iterdir():
         if p.name in (".hydra", ".previous") or p.name.endswith(".log"):
@@ -287,7 +316,8 @@ def _save_masks(masks: Mapping[str, torch.Tensor], path: Path) -> None:
 
 def _log_tensorboard(settings: PointSettings, run_dir: Path, metrics: Mapping[str, Any],
                      sparsity_doc: Mapping[str, Any] | None, loaded: LoadedModel | None,
-                     masks: Mapping[str, torch.Tensor] | None = None) -> None:
+                     masks: Mapping[str, torch.Tensor] | None) -> None:
+    """Writes the run's TensorBoard record; call it while the model holds the pruned weights."""
     from kprune.tensorboard import log_run
 
     before = after = None

@@ -83,3 +83,15 @@ def test_experiment_presets_hold_the_original_thresholds(name, method, count):
     cfg = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
     assert cfg.method == method and cfg.group == name
     assert len(str(cfg.hydra.sweeper.params.threshold).split(",")) == count
+
+
+def test_point_directory_names():
+    from kprune.app import point_dir_name
+
+    assert point_dir_name(["method=abs", "threshold=0.10", "eval=vosk", "eval.command=a b/c {nj}",
+                           "+experiment=abs_sweep", "layers=tdnnf*.linear", "model=/x/final.mdl"]) \
+        == "layers=tdnnf*.linear,method=abs,threshold=0.1"
+    assert point_dir_name(["exclude=[a/b,c d]"]) == "exclude=[a_b,c_d]"
+    assert point_dir_name([]) == "default"
+    long = point_dir_name([f"layers=[{','.join(f'layer{i}' for i in range(40))}]"])
+    assert len(long) <= 120 and "/" not in long

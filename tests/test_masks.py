@@ -59,9 +59,10 @@ def test_sparsity_json_layout():
     weights, masks = tiny()
     d = sparsity_stats(weights, masks).to_dict(method="pct", threshold=0.15, layers="all")
     assert list(d) == ["method", "threshold", "layers", "selected", "sparsity", "sparsity_selected",
-                       "removed_energy", "weights", "zeros", "per_layer"]
+                       "removed_energy", "weights", "pruned", "zeros", "per_layer"]
     assert (d["method"], d["threshold"], d["layers"], d["selected"]) == ("pct", 0.15, "all", ["a", "b"])
     assert list(d["per_layer"]) == ["a", "b", "c"]
+    assert d["pruned"] == sum(layer["pruned"] for layer in d["per_layer"].values())
     assert d["per_layer"]["a"] == {"type": None, "shape": [2, 2], "weights": 4, "pruned": 2, "zeros": 2,
                                    "sparsity": 50.0, "removed_energy": pytest.approx(100 / 14), "selected": True}
     assert json.loads(json.dumps(d)) == d

