@@ -18,6 +18,7 @@ and a ``metrics.json`` with ``"status": "failed"``; a sweep goes on.
 from __future__ import annotations
 
 import importlib.resources
+import io
 import json
 import logging
 import os
@@ -30,8 +31,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from kprune.errors import ConfigError, KpruneError
-from kprune.kaldi import write_atomically
+from kprune.errors import ConfigError
+from kprune.fileio import write_atomically, write_json_atomically as write_json
 from kprune.masks import SparsityStats, WeightSummary, apply_masks, sparsity_stats, summarize_weights
 from kprune.methods import compute_masks, get_method, validate_threshold
 from kprune.model import Model, load_model
@@ -309,9 +310,9 @@ def _record_failure(run_dir: Path, metrics: dict[str, Any], stage: str, e: BaseE
 
 
 def _save_masks(masks: Mapping[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(dict(masks), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(dict(masks), buffer)
+    write_atomically(path, buffer.getbuffer())
 
 
 def _log_tensorboard(settings: PointSettings, run_dir: Path, metrics: Mapping[str, Any],
@@ -330,10 +331,6 @@ def _log_tensorboard(settings: PointSettings, run_dir: Path, metrics: Mapping[st
                 weights_before=before, weights_after=after, histograms=settings.histograms)
     except Exception as e:  # TensorBoard must never cost a result
         log.warning("TensorBoard logging failed in %s: %s", run_dir, e)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomically(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _layers_text(layers: Any) -> str:

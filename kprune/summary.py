@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kprune.errors import ConfigError, KpruneError, ResultsError
+from kprune.fileio import write_atomically as write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -510,18 +510,6 @@ def plot_per_layer(runs: Sequence[RunResult]) -> Any | None:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _png(figure: Any) -> bytes:

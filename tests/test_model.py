@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kprune.errors import ConfigError, KaldiFormatError
+from kprune.errors import ConfigError, KpruneError
 from kprune.kaldi.build import build_all_types, build_tdnn
 from kprune.model import load_model
 
@@ -80,7 +80,7 @@ def test_save_in_text_and_back(tdnn_path, tmp_path):
 def test_never_writes_over_the_input(tdnn_path):
     model = load_model(tdnn_path)
     before = tdnn_path.read_bytes()
-    with pytest.raises(KaldiFormatError, match="refusing to write over the input model"):
+    with pytest.raises(KpruneError, match="refusing to write over the input model"):
         model.save(tdnn_path)
     assert tdnn_path.read_bytes() == before
 

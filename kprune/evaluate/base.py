@@ -6,12 +6,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
+from kprune.fileio import write_atomically, write_json_atomically
 from kprune.errors import ConfigError, EvaluationError
 
 log = logging.getLogger(__name__)
@@ -188,22 +188,13 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file in the same directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a text file (UTF-8) atomically."""
+    write_atomically(path, text)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON (UTF-8, indented) atomically."""
-    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomically(path, value)
 
 
 # ------------------------------------------------------------ config helpers

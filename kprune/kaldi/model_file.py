@@ -12,12 +12,11 @@ digits to read back the same float32, so binary -> text -> binary is exact).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from kprune.errors import KaldiFormatError
+from kprune.fileio import write_atomically
 from kprune.kaldi.components import VEC, Component, Field, fingerprint, write_value
 from kprune.kaldi.io import BINARY_HEADER, Reader, make_reader, make_writer
 from kprune.kaldi.nnet3 import Nnet3, read_nnet3
@@ -144,32 +143,6 @@ def load_nnet_file(path: str | os.PathLike) -> NnetFile:
     if got != size:
         raise KaldiFormatError(path, f"byte {got}", f"expected {size} bytes, read only {got}")
     return read_nnet_file(buf, path)
-
-
-def write_atomically(path: str | os.PathLike, data: bytes | Iterable[bytes | memoryview], *,
-                     protect: Path | None = None) -> None:
-    """Writes ``data`` (bytes, or pieces of it) to ``path`` through a temporary file and a rename.
-
-    ``protect`` is a file that must never be overwritten (the user's model).
-    """
-    path = Path(path)
-    if protect is not None and path.exists() and protect.exists() and os.path.samefile(path, protect):
-        raise KaldiFormatError(path, "", "refusing to write over the input model; choose another output path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for piece in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
-                f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_nnet_file(model: NnetFile, path: str | os.PathLike, binary: bool | None = None) -> None:
