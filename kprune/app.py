@@ -23,6 +23,9 @@ from kprune.runner import PointSettings, load_model_once, resolve_model_path, ru
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+if not Path(CONF_DIR, "config.yaml").is_file():  # the configs live in the checkout, beside the package
+    sys.exit(f"error: kprune's configuration {CONF_DIR}/config.yaml is missing: "
+             "install kprune from its checkout with pip install -e . (see README)")
 
 
 def _model_layers(model: str | None = None) -> str:

@@ -30,7 +30,7 @@ from kprune.kaldi import Component, NnetFile, OpaqueComponent, WEIGHT_FIELD, loa
 DECODING_OUTPUT = "output"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layer:
     """One weight layer.
 
@@ -39,6 +39,8 @@ class Layer:
     None where the component has none.  ``trainable`` is False for
     FixedAffineComponent (the LDA transform).  ``decoding`` is False for layers
     that feed no output used in decoding (a chain model's xent branch).
+    Edit ``weight`` in place (``weight[mask] = 0``, ``weight.copy_(w)``): that
+    tensor is what gets saved, so the attribute cannot be rebound.
     """
 
     name: str
@@ -146,8 +148,9 @@ class Model:
             else:
                 hits = [n for n in pool if fnmatch.fnmatchcase(n, p)]
                 if not hits:
-                    raise ConfigError(f"{key}={p} matches no weight layer of {self.path}; "
-                                      f"available: {', '.join(self.layers)}")
+                    raise ConfigError(f"{key}={p} matches no weight layer of {self.path} (globs match the "
+                                      f"layers of layers=all; name others exactly); available: "
+                                      f"{', '.join(self.layers)}")
                 out.update(hits)
         return out
 

@@ -343,9 +343,10 @@ class TextReader(Reader):
         words = bytes(self.buf[lo:hi]).split()
         try:
             return np.array([int(w) for w in words], dtype=np.int32)
-        except ValueError:
-            bad = next(w for w in words if not w.lstrip(b"-").isdigit())
-            raise self.error(f"expected an integer in an integer vector, found {_describe(bad)}", lo + bytes(self.buf[lo:hi]).find(bad)) from None
+        except (ValueError, OverflowError):
+            bad = next(w for w in words if not w.lstrip(b"-").isdigit() or not -(1 << 31) <= int(w) < (1 << 31))
+            raise self.error(f"expected an int32 in an integer vector, found {_describe(bad)}",
+                             lo + bytes(self.buf[lo:hi]).find(bad)) from None
 
     def read_vector(self) -> tuple[np.ndarray, str]:
         lo, hi = self._bracketed("a vector")

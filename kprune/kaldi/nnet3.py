@@ -117,6 +117,13 @@ def read_nnet3(r: Reader) -> Nnet3:
     for node in nodes.values():
         if node.kind == "component-node" and node.component not in names:
             raise r.error(f"expected component {node.component!r} used by node {node.name!r}, found no such component", start)
+        needed = descriptor_nodes(node.descriptor) if node.descriptor is not None else []
+        if node.kind == "dim-range-node":
+            needed = [node.input_node]
+        for name in needed:
+            if name not in nodes:
+                raise r.error(f"expected node {name!r} read by node {node.name!r} in the nnet3 config, found none",
+                              start)
     return nnet
 
 

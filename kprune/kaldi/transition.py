@@ -15,6 +15,7 @@ import numpy as np
 from kprune.kaldi.io import BinaryReader, Reader, Writer
 
 NO_PDF = -1
+_MAX_PHONE = 1 << 20  # far above any real phone set; bounds the phone -> entry table
 
 
 @dataclass
@@ -218,9 +219,12 @@ def _read_topology_text(r: Reader) -> tuple[list[int], list[int], list[list[HmmS
             if tok == "</ForPhones>":
                 break
             try:
-                these.append(int(tok))
+                phone = int(tok)
             except ValueError:
-                raise r.error(f"expected a phone id or </ForPhones>, found {tok!r}", pos) from None
+                phone = -1
+            if not 0 < phone < _MAX_PHONE:
+                raise r.error(f"expected a phone id in [1, {_MAX_PHONE}) or </ForPhones>, found {tok!r}", pos)
+            these.append(phone)
         entry: list[HmmState] = []
         tok = r.expect_one_of("<State>", "</TopologyEntry>")
         while tok == "<State>":
@@ -247,6 +251,8 @@ def _read_topology_text(r: Reader) -> tuple[list[int], list[int], list[list[HmmS
             entry.append(HmmState(fwd, loop, trans))
             tok = r.expect_one_of("<State>", "</TopologyEntry>")
         for p in these:
+            if p < len(phone2idx) and phone2idx[p] != -1:
+                raise r.error(f"expected each phone in one topology entry, found phone {p} twice")
             if p >= len(phone2idx):
                 phone2idx.extend([-1] * (p + 1 - len(phone2idx)))
             phone2idx[p] = len(entries)

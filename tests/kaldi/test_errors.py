@@ -182,3 +182,15 @@ def test_corrupt_tokens_and_sizes_are_caught(real_model_bytes):
             assert f"component {c.name}" in str(e) and f"byte {token_at}" in str(e)
             cases += 1
     assert cases > 100
+
+
+@pytest.mark.parametrize("old, new, message", [
+    (b"<ForPhones> \n1 ", b"<ForPhones> \n-1 ", "expected a phone id in [1, "),
+    (b"<ForPhones> \n1 ", b"<ForPhones> \n999999999999 ", "expected a phone id in [1, "),
+    (b"<TimeOffsets> [ -1 0 ]", b"<TimeOffsets> [ -1 99999999999 ]", "expected an int32 in an integer vector"),
+    (b"input=output-xent.affine", b"input=nowhere", "expected node 'nowhere'"),
+])
+def test_corrupt_text_models(old, new, message):
+    text = build_all_types(binary=False)
+    assert old in text
+    assert message in str(check_error(text.replace(old, new, 1)))
