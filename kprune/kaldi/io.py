@@ -218,31 +218,39 @@ class BinaryReader(Reader):
             col_headers = np.frombuffer(self._take(8 * cols, "compressed column headers"), dtype="<u2")
             data = np.frombuffer(self._take(rows * cols, "compressed matrix data"), dtype=np.uint8)
             return _decode_cm1(lo, rng, col_headers.reshape(cols, 4), data.reshape(cols, rows))
+        # CompressedMatrix::CopyToMat: increment = range * (1.0 / 65535.0) (or
+        # 255), a float; then min_value + value * increment in float.
         if kind == "CM2":
             data = np.frombuffer(self._take(2 * rows * cols, "compressed matrix data"), dtype="<u2")
-            scale = rng / np.float32(65535.0)
+            increment = np.float32(np.float64(rng) * (1.0 / 65535.0))
         else:
             data = np.frombuffer(self._take(rows * cols, "compressed matrix data"), dtype=np.uint8)
-            scale = rng / np.float32(255.0)
-        return (lo + data.astype(np.float32) * scale).astype(np.float32).reshape(rows, cols)
+            increment = np.float32(np.float64(rng) * (1.0 / 255.0))
+        return (lo + data.astype(np.float32) * increment).reshape(rows, cols)
 
 
 def _decode_cm1(lo: np.float32, rng: np.float32, col_headers: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """Decodes Kaldi's per-column-header compressed format (``CM``).
+    """Decodes Kaldi's per-column-header compressed format (``CM``), bit for bit.
 
-    Follows ``CompressedMatrix::CharToFloat``: bytes 0..64 interpolate between
-    the 0th and 25th percentile, 64..192 between 25th and 75th, 192..255
-    between 75th and 100th.
+    Column percentiles follow ``Uint16ToFloat`` (float arithmetic:
+    ``min + range * 1.52590218966964e-05F * u``); values follow
+    ``CharToFloat``, whose ``(1/64.0)``-style constants are doubles, so the
+    last product and sum are in double and rounded to float once: bytes 0..64
+    interpolate between the 0th and 25th percentile, 64..192 between the 25th
+    and 75th, 192..255 between the 75th and 100th.
     """
-    inc = rng / np.float32(65535.0)
-    p = lo + col_headers.astype(np.float32) * inc  # [cols, 4]
+    step = np.float32(rng * np.float32(1.52590218966964e-05))
+    p = lo + step * col_headers.astype(np.float32)  # [cols, 4], float32
     p0, p25, p75, p100 = (p[:, i:i + 1] for i in range(4))
-    b = data.astype(np.float32)
-    low = p0 + (p25 - p0) * b * np.float32(1 / 64.0)
-    mid = p25 + (p75 - p25) * (b - np.float32(64)) * np.float32(1 / 128.0)
-    high = p75 + (p100 - p75) * (b - np.float32(192)) * np.float32(1 / 63.0)
-    out = np.where(data <= 64, low, np.where(data <= 192, mid, high))
-    return np.ascontiguousarray(out.T.astype(np.float32))
+    b = data.astype(np.float32)  # [cols, rows]
+
+    def piece(start, end, offset, scale):
+        span = (end - start) * (b - np.float32(offset))  # float * float, as in C++
+        return (start.astype(np.float64) + span.astype(np.float64) * scale).astype(np.float32)
+
+    out = np.where(data <= 64, piece(p0, p25, 0, 1 / 64.0),
+                   np.where(data <= 192, piece(p25, p75, 64, 1 / 128.0), piece(p75, p100, 192, 1 / 63.0)))
+    return np.ascontiguousarray(out.T)
 
 
 class TextReader(Reader):
