@@ -128,18 +128,18 @@ def load_run(run_dir: str | os.PathLike, sweep_dir: str | os.PathLike | None = N
         run_dir=run_dir,
         group=str(metrics.get("group") or _default_group(run_dir, sweep_dir)),
         method=str(metrics.get("method", "?")),
-        threshold=_number(metrics.get("threshold"), "threshold", source),
+        threshold=_number(metrics.get("threshold"), "threshold", source, status == "failed"),
         layers=_layers_text(metrics.get("layers", "all")),
         status=status,
-        sparsity=_number(metrics.get("sparsity"), "sparsity", source),
-        sparsity_selected=_number(metrics.get("sparsity_selected"), "sparsity_selected", source),
-        removed_energy=_number(metrics.get("removed_energy"), "removed_energy", source),
-        wer=_number(metrics.get("wer"), "wer", source),
-        cer=_number(metrics.get("cer"), "cer", source),
-        wer_delta_abs=_number(metrics.get("wer_delta_abs"), "wer_delta_abs", source),
-        wer_delta_rel=_number(metrics.get("wer_delta_rel"), "wer_delta_rel", source),
-        cer_delta_abs=_number(metrics.get("cer_delta_abs"), "cer_delta_abs", source),
-        cer_delta_rel=_number(metrics.get("cer_delta_rel"), "cer_delta_rel", source),
+        sparsity=_number(metrics.get("sparsity"), "sparsity", source, status == "failed"),
+        sparsity_selected=_number(metrics.get("sparsity_selected"), "sparsity_selected", source, status == "failed"),
+        removed_energy=_number(metrics.get("removed_energy"), "removed_energy", source, status == "failed"),
+        wer=_number(metrics.get("wer"), "wer", source, status == "failed"),
+        cer=_number(metrics.get("cer"), "cer", source, status == "failed"),
+        wer_delta_abs=_number(metrics.get("wer_delta_abs"), "wer_delta_abs", source, status == "failed"),
+        wer_delta_rel=_number(metrics.get("wer_delta_rel"), "wer_delta_rel", source, status == "failed"),
+        cer_delta_abs=_number(metrics.get("cer_delta_abs"), "cer_delta_abs", source, status == "failed"),
+        cer_delta_rel=_number(metrics.get("cer_delta_rel"), "cer_delta_rel", source, status == "failed"),
         baseline_wer=_number(baseline.get("wer"), "baseline.wer", source),
         baseline_cer=_number(baseline.get("cer"), "baseline.cer", source),
         error=error,
@@ -200,10 +200,13 @@ def _error_text(error_info: dict[str, Any]) -> str:
     return " ".join(": ".join(parts).split())  # one line
 
 
-def _number(value: Any, key: str, path: Path) -> float | None:
+def _number(value: Any, key: str, path: Path, lenient: bool = False) -> float | None:
+    """``value`` as a number; a failed point may hold what the user typed (``threshold=abc``)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if lenient:
+            return None
         raise ResultsError(f"{path}: expected a number for {key!r}, found {value!r}")
     return value
 

@@ -368,3 +368,29 @@ def test_the_apps_layout_sweeps_by_group_and_single_runs(tmp_path):
         ["default", "affine1", "pct", "0.15"],
         ["pct_sweep", "all", "pct", "0.2665"],
     ]
+
+
+def test_a_failed_point_with_a_non_numeric_threshold_still_summarizes(tmp_path):
+    import json
+
+    from kprune.summary import collect_runs
+
+    good = tmp_path / "sweep" / "method=abs,threshold=0.1"
+    bad = tmp_path / "sweep" / "method=abs,threshold=abc"
+    for d in (good, bad):
+        d.mkdir(parents=True)
+    (good / "metrics.json").write_text(json.dumps({"status": "ok", "group": "g", "method": "abs", "threshold": 0.1,
+                                                   "layers": "all", "sparsity": 12.5, "sparsity_selected": 12.5,
+                                                   "removed_energy": 1.0}))
+    (bad / "metrics.json").write_text(json.dumps({"status": "failed", "group": "g", "method": "abs",
+                                                  "threshold": "abc", "layers": "all"}))
+    (bad / "error.json").write_text(json.dumps({"error": "threshold for method 'abs' must be a number, got 'abc'",
+                                                "type": "ConfigError", "stage": "prune"}))
+    runs = {r.run_dir.name: r for r in collect_runs([tmp_path / "sweep"])}
+    assert runs["method=abs,threshold=abc"].threshold is None and runs["method=abs,threshold=abc"].failed
+    assert runs["method=abs,threshold=0.1"].threshold == 0.1
+    from kprune.summary import summarize
+
+    summarize([tmp_path / "sweep"], tmp_path / "out", plots=False)
+    table = (tmp_path / "out" / "summary.tsv").read_text()
+    assert "threshold for method 'abs' must be a number" in table and "0.1" in table
