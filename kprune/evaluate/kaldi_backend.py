@@ -191,6 +191,10 @@ class KaldiEvaluator(Evaluator):
         if not self.model_path.is_file():
             raise EvaluationError(f"{self.model_path}: the original model does not exist")
         self.command = command
+        try:
+            shlex.split(command)
+        except ValueError as e:
+            raise ConfigError(f"eval.command: cannot split it into shell words ({e}): {command!r}") from None
         unknown = sorted({m.group(1) for m in _PLACEHOLDER.finditer(command)} - set(PLACEHOLDERS))
         if unknown:
             known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
@@ -339,11 +343,15 @@ class KaldiEvaluator(Evaluator):
             try:
                 returncode = proc.wait(timeout=self.timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
                 raise EvaluationError(
                     f"Kaldi decode of {model} ran past eval.timeout={self.timeout:g} s; log: {log_path}"
                 ) from None
+            finally:
+                # On a timeout, Ctrl-C or any other exit, take the whole decode
+                # (run.pl and its jobs) down with us.
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         if returncode != 0:
             lines = [l for l in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
             last = lines[-1].strip() if lines else "no output"
