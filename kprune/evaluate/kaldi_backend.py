@@ -45,7 +45,7 @@ from kprune.evaluate.base import (
     register_evaluator,
     write_text_atomic,
 )
-from kprune.evaluate.scoring import ErrorCounts
+from kprune.evaluate.scoring import ErrorCounts, score_corpus
 from kprune.evaluate.staging import remove_staged, stage_model_dir
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,36 @@ def _best_hyp_file(decode_dir: Path, score: KaldiScore) -> Path | None:
     candidates = [decode_dir / "scoring_kaldi" / f"penalty_{penalty}" / f"{lmwt}.txt"] if penalty else []
     candidates.append(decode_dir / "scoring_kaldi" / f"{lmwt}.txt")
     return next((c for c in candidates if c.is_file()), None)
+
+
+def _read_kaldi_text(path: Path) -> dict[str, list[str]]:
+    """A Kaldi ``text``-style file: ``utt-id word word ...`` per line."""
+    out = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split()
+        if parts:
+            out[parts[0]] = parts[1:]
+    return out
+
+
+def _cer_from_scoring(decode_dir: Path, wer: KaldiScore) -> dict[str, Any]:
+    """CER of the best WER's hypotheses, when the recipe scores words only (WSJ does).
+
+    Scores ``scoring_kaldi/penalty_P/LMWT.txt`` against ``scoring_kaldi/test_filt.txt``
+    (both already filtered by the recipe) over the utterances present in the
+    hypotheses, as Kaldi's ``compute-wer --mode=present`` does.  Empty when those
+    files are absent.
+    """
+    refs_path = decode_dir / "scoring_kaldi" / "test_filt.txt"
+    hyp_path = _best_hyp_file(decode_dir, wer) if wer.best_file else None
+    if hyp_path is None or not refs_path.is_file():
+        return {}
+    hyps = _read_kaldi_text(hyp_path)
+    refs = {utt: words for utt, words in _read_kaldi_text(refs_path).items() if utt in hyps}
+    if not refs:
+        return {}
+    counts = score_corpus(refs, hyps, where=str(refs_path)).cer
+    return {"cer": counts.rate, "cer_report": counts.report("CER"), "cer_source": str(hyp_path)}
 
 
 def fill_command(template: str, values: Mapping[str, Any]) -> str:
@@ -320,6 +350,8 @@ class KaldiEvaluator(Evaluator):
         cer = read_best_score(decode_dir, "cer")
         if cer is not None:
             metrics.update({"cer": cer.counts.rate, "cer_report": cer.counts.report("CER")})
+        else:
+            metrics.update(_cer_from_scoring(decode_dir, wer))
         num_utts = _scored_sentences(decode_dir, wer)
         if num_utts is not None:
             metrics["num_utts"] = num_utts

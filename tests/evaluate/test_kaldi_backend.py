@@ -66,11 +66,14 @@ def test_point_is_decoded_from_a_linked_experiment_dir(recipe: Path, tmp_path: P
     assert ev.baseline()["wer_report"] == "%WER 22.22 [ 4 / 18, 0 ins, 0 del, 4 sub ]"
     assert metrics["wer_report"] == "%WER 66.67 [ 12 / 18, 0 ins, 0 del, 12 sub ]"
     assert metrics["wer"] == pytest.approx(100 * 12 / 18)
-    assert metrics["baseline"] == {"wer": pytest.approx(100 * 4 / 18)}
+    assert metrics["baseline"]["wer"] == pytest.approx(100 * 4 / 18)
     assert metrics["wer_delta_abs"] == pytest.approx(100 * 8 / 18)
     assert metrics["wer_delta_rel"] == pytest.approx(200.0)
     assert metrics["num_utts"] == 4
-    assert "cer" not in metrics  # the recipe scored no characters
+    # The recipe scored no characters: CER comes from its best hypotheses and test_filt.txt.
+    assert metrics["cer_source"].endswith("scoring_kaldi/penalty_0.0/10.txt")
+    assert metrics["cer_report"].startswith("%CER ") and 0 < metrics["cer"] < metrics["wer"]
+    assert 0 < metrics["baseline"]["cer"] < metrics["cer"]
     assert metrics["wer_source"].endswith("decode/wer_10_0.0")
 
     staged = out / "tdnn1a"
