@@ -20,27 +20,19 @@ Targets (issue #2): parsing at 200 MB/s or better; peak memory under 3x the file
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchtime import median_seconds  # noqa: E402
 
 from kprune.kaldi.build import build_tdnn  # noqa: E402
 from kprune.model import load_model  # noqa: E402
 from kprune.runner import default_model_path  # noqa: E402
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def peak_bytes(fn) -> int:
@@ -66,11 +58,11 @@ def bench(path: Path, repeat: int, out_dir: Path) -> dict:
 
     row = {
         "file": path.name, "MB": size / 1e6, "binary": model.binary,
-        "read": median_time(path.read_bytes, repeat),
-        "load": median_time(lambda: load_model(path), repeat),
-        "write": median_time(lambda: out.write_bytes(data), repeat),
-        "save": median_time(lambda: model.save(out), repeat),
-        "save_pruned": median_time(lambda: pruned.save(out), repeat),
+        "read": median_seconds(path.read_bytes, repeat),
+        "load": median_seconds(lambda: load_model(path), repeat),
+        "write": median_seconds(lambda: out.write_bytes(data), repeat),
+        "save": median_seconds(lambda: model.save(out), repeat),
+        "save_pruned": median_seconds(lambda: pruned.save(out), repeat),
         "peak_read": peak_bytes(path.read_bytes) / size,
         "peak_load": peak_bytes(lambda: load_model(path)) / size,
         "peak_load_save": peak_bytes(load_and_save) / size,

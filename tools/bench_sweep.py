@@ -24,7 +24,6 @@ tools/bench_methods.py.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchtime import median_seconds  # noqa: E402
 
 from kprune.kaldi.build import build_tdnn  # noqa: E402
 from kprune.methods import compute_masks  # noqa: E402
@@ -48,15 +50,6 @@ RULES = {
     "global_pct": (0.15, np.linspace(0.0, 0.6, 60)),
     "std": (0.2, np.linspace(0.0, 1.5, 60)),
 }
-
-
-def median(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench_model(path: Path, repeat: int, device: str, out: Path) -> None:
@@ -78,8 +71,8 @@ def bench_model(path: Path, repeat: int, device: str, out: Path) -> None:
     weights = [model.layers[x].weight.to(device) for x in names]
     for method, (t, sweep) in RULES.items():
         sparsity = point(method, t)
-        p = median(lambda: point(method, t), repeat)
-        m = median(lambda: compute_masks(method, weights, t), repeat)
+        p = median_seconds(lambda: point(method, t), repeat)
+        m = median_seconds(lambda: compute_masks(method, weights, t), repeat)
         started = time.perf_counter()
         for value in sweep:
             point(method, float(value))
@@ -103,8 +96,8 @@ def bench_model(path: Path, repeat: int, device: str, out: Path) -> None:
             holders.append((holder, "weight"))
         tprune.global_unstructured(holders, pruning_method=tprune.L1Unstructured, amount=0.15)
 
-    print(f"torch.nn.utils.prune l1_unstructured (each layer, 0.15): {median(l1_each, repeat) * 1e3:.1f} ms; "
-          f"global_unstructured: {median(l1_global, repeat) * 1e3:.1f} ms")
+    print(f"torch.nn.utils.prune l1_unstructured (each layer, 0.15): {median_seconds(l1_each, repeat) * 1e3:.1f} ms; "
+          f"global_unstructured: {median_seconds(l1_global, repeat) * 1e3:.1f} ms")
 
 
 def main() -> int:
