@@ -21,7 +21,8 @@ Definitions, per layer and in total (every rate is a percentage):
 * ``removed_energy = 100 * sum(w**2 over pruned) / sum(w**2)``, from the weights
   before pruning, accumulated in float64: the share of the squared norm that was
   removed, a damage indicator that needs no data.  The total is over all
-  prunable layers, like ``sparsity``.
+  prunable layers, like ``sparsity``; ``removed_energy_selected`` is over the
+  selected layers, like ``sparsity_selected``.
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ class SparsityStats:
         layers = self.per_layer.values()
         return _pct(sum(s.pruned_energy for s in layers), sum(s.energy for s in layers))
 
+    @property
+    def removed_energy_selected(self) -> float:
+        """Removed share of the squared norm of the selected layers' weights, %."""
+        chosen = [s for s in self.per_layer.values() if s.selected]
+        return _pct(sum(s.pruned_energy for s in chosen), sum(s.energy for s in chosen))
+
     def to_dict(self, *, method: str | None = None, threshold: float | None = None,
                 layers: str | Sequence[str] | None = None) -> dict[str, Any]:
         """The content of ``sparsity.json``; ``layers`` is the selection as the user gave it."""
@@ -124,6 +131,7 @@ class SparsityStats:
             "sparsity": self.sparsity,
             "sparsity_selected": self.sparsity_selected,
             "removed_energy": self.removed_energy,
+            "removed_energy_selected": self.removed_energy_selected,
             "weights": self.weights,
             "pruned": self.pruned,
             "zeros": self.zeros,

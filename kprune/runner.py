@@ -217,7 +217,8 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
         sparsity_doc = stats.to_dict(method=method.name, threshold=threshold, layers=metrics["layers"])
         sparsity_doc["device"] = str(device)
         metrics.update(sparsity=stats.sparsity, sparsity_selected=stats.sparsity_selected,
-                       removed_energy=stats.removed_energy, pruned=stats.pruned, weights=stats.weights)
+                       removed_energy=stats.removed_energy, removed_energy_selected=stats.removed_energy_selected,
+                       pruned=stats.pruned, weights=stats.weights)
 
         stage = "export"
         pruned_path = run_dir / settings.model.name

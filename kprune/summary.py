@@ -53,6 +53,7 @@ class RunResult:
     sparsity: float | None = None
     sparsity_selected: float | None = None
     removed_energy: float | None = None
+    removed_energy_selected: float | None = None
     wer: float | None = None
     cer: float | None = None
     wer_delta_abs: float | None = None
@@ -134,6 +135,8 @@ def load_run(run_dir: str | os.PathLike, sweep_dir: str | os.PathLike | None = N
         sparsity=_number(metrics.get("sparsity"), "sparsity", source, status == "failed"),
         sparsity_selected=_number(metrics.get("sparsity_selected"), "sparsity_selected", source, status == "failed"),
         removed_energy=_number(metrics.get("removed_energy"), "removed_energy", source, status == "failed"),
+        removed_energy_selected=_number(metrics.get("removed_energy_selected"), "removed_energy_selected", source,
+                                        status == "failed"),
         wer=_number(metrics.get("wer"), "wer", source, status == "failed"),
         cer=_number(metrics.get("cer"), "cer", source, status == "failed"),
         wer_delta_abs=_number(metrics.get("wer_delta_abs"), "wer_delta_abs", source, status == "failed"),
@@ -502,8 +505,10 @@ def plot_per_layer(runs: Sequence[RunResult]) -> Any | None:
             width = 0.4
             ax.bar([x - width / 2 for x in positions], [r.sparsity_selected or 0 for r in s.runs], width,
                    label="layer's sparse rate (%)")
-            ax.bar([x + width / 2 for x in positions], [r.removed_energy or 0 for r in s.runs], width,
-                   label="removed energy (%)")
+            # The layer's own share of energy removed (older runs only have the network-wide one).
+            ax.bar([x + width / 2 for x in positions],
+                   [(r.removed_energy_selected if r.removed_energy_selected is not None else r.removed_energy) or 0
+                    for r in s.runs], width, label="layer's removed energy (%)")
             ax.set_ylabel("%")
             ax.set_title(f"{s.label}: how much of each layer was pruned")
             ax.legend(fontsize="small")

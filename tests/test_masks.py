@@ -59,7 +59,7 @@ def test_sparsity_json_layout():
     weights, masks = tiny()
     d = sparsity_stats(weights, masks).to_dict(method="pct", threshold=0.15, layers="all")
     assert list(d) == ["method", "threshold", "layers", "selected", "sparsity", "sparsity_selected",
-                       "removed_energy", "weights", "pruned", "zeros", "per_layer"]
+                       "removed_energy", "removed_energy_selected", "weights", "pruned", "zeros", "per_layer"]
     assert (d["method"], d["threshold"], d["layers"], d["selected"]) == ("pct", 0.15, "all", ["a", "b"])
     assert list(d["per_layer"]) == ["a", "b", "c"]
     assert d["pruned"] == sum(layer["pruned"] for layer in d["per_layer"].values())
