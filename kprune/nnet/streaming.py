@@ -1,0 +1,228 @@
+"""Online decoding as Vosk does it, replayed with the torch network.
+
+Vosk (``KaldiRecognizer``, vosk-api ``src/recognizer.cc``) decodes audio as it
+arrives, and that changes what the network sees: the i-vector of each chunk
+of the looped computation is the online i-vector of the most recent frame when
+the chunk is computed, and frames the decoder currently takes for silence count
+``silence_weight`` (0.001) in the i-vector statistics.  This module replays
+that schedule for whole utterances, so that the torch path decodes what Vosk
+would:
+
+* audio arrives in pieces of ``piece_samples`` (what the caller hands to
+  ``AcceptWaveform``), which Vosk splits into 0.2 s steps; after each step it
+  updates the silence weights from the decoder's current best path
+  (``OnlineSilenceWeighting``) and decodes every frame that is ready;
+* the network runs in chunks of ``frames_per_chunk`` frames (Kaldi's looped
+  decodable: 20, rounded up to a multiple of the frame subsampling factor);
+  a chunk is computed once ``(c + 1) * frames_per_chunk + right_context``
+  feature frames are ready, with the i-vector of frame ``ready - 1`` (capped
+  by the 3 frames the i-vector splicing waits for); at the end of the input
+  the rest is computed with the final i-vector;
+* in the looped computation a layer's frame is computed by the first chunk
+  that needs it, with that chunk's i-vector; here the network reads a
+  per-frame i-vector that follows the same rule.
+
+What differs from Vosk: the decoder is ``FasterDecoder`` (best path) where
+Vosk keeps a lattice and takes its minimum-Bayes-risk path (with the graph
+scaled by 0.9), and MFCCs are computed without dither.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from kprune.errors import ConfigError
+from kprune.features.ivector import IvectorStream, OnlineIvectorExtractor
+from kprune.kaldi.transition import TransitionModel
+from kprune.nnet.compute import AcousticModel, Segment
+from kprune.nnet.decode import DecodeResult, DecodeStream, GraphDecoder
+
+log = logging.getLogger(__name__)
+
+
+def transition_id_to_phone(tm: TransitionModel) -> np.ndarray:
+    """``table[tid]`` is the phone of transition id ``tid`` (entry 0 unused)."""
+    out = [0]
+    for phone, hmm_state, _, _ in tm.tuples.tolist():
+        out.extend([phone] * len(tm.entries[tm.phone2idx[phone]][hmm_state].transitions))
+    return np.array(out, dtype=np.int64)
+
+
+def parse_phone_list(text: str) -> set[int]:
+    """``1:2:3`` or ``1,2,3`` (Kaldi's silence-phone lists)."""
+    try:
+        return {int(p) for p in text.replace(",", ":").split(":") if p.strip()}
+    except ValueError:
+        raise ConfigError(f"expected a list of phone ids like 1:2:3, found {text!r}") from None
+
+
+@dataclass
+class StreamingOptions:
+    """How audio reaches the recogniser and what Vosk's configuration sets."""
+
+    piece_samples: int = 8000  # what one AcceptWaveform call gets (0.5 s at 16 kHz)
+    step_samples: int = 3200  # Vosk splits each call in 0.2 s steps
+    frames_per_chunk: int = 20  # --frames-per-chunk of the looped decodable
+    silence_weight: float = 1e-3
+    silence_phones: frozenset[int] = frozenset()
+    ivector_splice_right: int = 3  # frames the i-vector's splicing waits for
+    frame_length_samples: int = 400
+    frame_shift_samples: int = 160
+
+
+class SilenceWeighting:
+    """Kaldi's ``OnlineSilenceWeighting`` (frame subsampling ``fss``, no max state duration)."""
+
+    def __init__(self, tid2phone: np.ndarray, silence_phones: set[int] | frozenset[int], weight: float, fss: int):
+        self.tid2phone = tid2phone
+        self.silence = np.zeros(int(tid2phone.max()) + 1, dtype=bool)
+        for p in silence_phones:
+            if 0 <= p < len(self.silence):
+                self.silence[p] = True
+        self.weight = weight
+        self.fss = fss
+        self.tids: list[int] = []  # per decoder frame; -1 = no traceback yet
+        self.current: list[float] = []
+
+    @property
+    def active(self) -> bool:
+        return self.weight != 1.0 and bool(self.silence.any())
+
+    def set_traceback(self, tids: Sequence[int]) -> None:
+        if len(self.tids) < len(tids):
+            grow = len(tids) - len(self.tids)
+            self.tids.extend([-1] * grow)
+            self.current.extend([0.0] * grow)
+        self.tids[:len(tids)] = list(tids)
+
+    def delta_weights(self, num_frames_ready: int) -> list[tuple[int, float]]:
+        """``GetDeltaWeights``: weight changes for input frames, as (frame, delta)."""
+        fss = self.fss
+        ready = (num_frames_ready + fss - 1) // fss
+        prev = len(self.tids)
+        if len(self.tids) < ready:
+            self.tids.extend([-1] * (ready - len(self.tids)))
+            self.current.extend([0.0] * (ready - len(self.current)))
+        begin = max(0, prev - 100)
+        n_out = len(self.tids) - begin
+        if n_out <= 0:
+            return []
+        weights = [1.0] * n_out
+        if self.tids[begin] == -1:
+            w = self.weight if begin == 0 else self.current[begin - 1]
+            weights = [w] * n_out
+        else:
+            for i in range(n_out):
+                tid = self.tids[begin + i]
+                if tid == -1:
+                    weights[i] = weights[i - 1]
+                elif self.silence[self.tid2phone[tid]]:
+                    weights[i] = self.weight
+        deltas = []
+        for i in range(n_out):
+            frame = begin + i
+            diff = weights[i] - self.current[frame]
+            self.current[frame] = weights[i]
+            if diff != 0.0 or i + 1 == n_out:
+                deltas.extend((frame * fss + j, diff) for j in range(fss))
+        return deltas
+
+
+@dataclass
+class _Utterance:
+    index: int
+    feats: torch.Tensor
+    ivectors: IvectorStream
+    weighting: SilenceWeighting
+    stream: DecodeStream
+    steps: list[tuple[int, bool]]
+    total_rows: int
+    chunk_ivectors: list[np.ndarray] = field(default_factory=list)
+    rows_done: int = 0
+
+
+class VoskReplay:
+    """Decodes utterances as Vosk's recogniser would, with the torch network (see the module doc)."""
+
+    def __init__(self, model: AcousticModel, extractor: OnlineIvectorExtractor, decoder: GraphDecoder,
+                 options: StreamingOptions | None = None):
+        if model.ivector_dim == 0:
+            raise ConfigError("the Vosk replay needs a model with an ivector input")
+        if extractor.ivector_dim != model.ivector_dim:
+            raise ConfigError(f"{extractor.source}: the extractor gives {extractor.ivector_dim}-dim i-vectors, but the "
+                              f"model reads {model.ivector_dim}")
+        self.model, self.extractor, self.decoder = model, extractor, decoder
+        self.options = options or StreamingOptions()
+        fss = model.frame_subsampling_factor
+        self.fpc = fss * math.ceil(self.options.frames_per_chunk / fss)
+        self.rows_per_chunk = self.fpc // fss
+        # A chunk computes the i-vector reader's frames up to its last output + this lag.
+        self.lag = self.fpc - fss + model.ivector_right_context
+        self.tid2phone = transition_id_to_phone(model.file.transition_model)
+
+    def _steps(self, num_samples: int, num_frames: int) -> list[tuple[int, bool]]:
+        o = self.options
+        steps = []
+        for piece in range(0, num_samples, o.piece_samples):
+            end = min(piece + o.piece_samples, num_samples)
+            for s in range(piece, end, o.step_samples):
+                n = min(s + o.step_samples, end)
+                ready = 0 if n < o.frame_length_samples else 1 + (n - o.frame_length_samples) // o.frame_shift_samples
+                steps.append((min(ready, num_frames), False))
+        steps.append((num_frames, True))
+        return steps
+
+    def decode(self, feats: Sequence[np.ndarray | torch.Tensor], num_samples: Sequence[int]) -> list[DecodeResult]:
+        """Decode each utterance (MFCCs and its number of audio samples) as Vosk would."""
+        results = []
+        for i, (f, n) in enumerate(zip(feats, num_samples)):
+            f = torch.as_tensor(np.asarray(f, dtype=np.float32)) if not isinstance(f, torch.Tensor) else f.float()
+            u = _Utterance(
+                i, f, IvectorStream(self.extractor, f.numpy()),
+                SilenceWeighting(self.tid2phone, self.options.silence_phones, self.options.silence_weight,
+                                 self.model.frame_subsampling_factor),
+                self.decoder.stream(), self._steps(int(n), len(f)), self.model.num_output_frames(len(f)))
+            cache: dict = {}  # the looped computation: each layer's frames are computed once
+            for ready, finished in u.steps:
+                seg = self._step(u, ready, finished)
+                if seg is not None:
+                    rows = self.model.compute_cached(seg, cache)
+                    u.stream.advance(rows.numpy())
+                    u.rows_done += len(rows)
+            results.append(u.stream.finish())
+        return results
+
+    def _step(self, u: _Utterance, ready: int, finished: bool) -> Segment | None:
+        """One Vosk step: silence weights, then the chunks that became computable (as a segment)."""
+        if self.options.silence_phones and u.weighting.active and ready > 0:
+            u.weighting.set_traceback(u.stream.traceback())
+            u.ivectors.update_weights(u.weighting.delta_weights(ready))
+        if finished:
+            rows_ready = u.total_rows
+        else:
+            chunks = max(0, ready - self.model.right_context) // self.fpc
+            rows_ready = min(chunks * self.rows_per_chunk, u.total_rows)
+        if rows_ready <= u.rows_done:
+            return None
+        first = len(u.chunk_ivectors)
+        last = math.ceil(rows_ready / self.rows_per_chunk)
+        ivec_ready = ready if finished else max(0, ready - self.options.ivector_splice_right)
+        for _ in range(first, last):
+            if ivec_ready > 0:
+                u.chunk_ivectors.append(u.ivectors.get(min(ready - 1, ivec_ready - 1)))
+            else:
+                u.chunk_ivectors.append(np.zeros(self.model.ivector_dim, dtype=np.float32))
+        # A per-frame i-vector for every time the new rows read: chunk c covers
+        # reader times up to c * fpc + lag.
+        start_time = -self.model.left_context
+        end_time = (rows_ready - 1) * self.model.frame_subsampling_factor + self.model.right_context
+        times = np.arange(start_time, end_time + 1)
+        chunk = np.clip(np.ceil((times - self.lag) / self.fpc).astype(np.int64), 0, len(u.chunk_ivectors) - 1)
+        table = np.stack(u.chunk_ivectors)[chunk]
+        return Segment(u.feats, u.rows_done, rows_ready - u.rows_done, table, ivector_start=start_time, utt=u.index)

@@ -1,0 +1,55 @@
+"""The pieces of the Vosk replay: silence weights, the audio schedule, phones of transition ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kprune.errors import ConfigError
+from kprune.kaldi.model_file import load_nnet_file
+from kprune.nnet.streaming import SilenceWeighting, StreamingOptions, VoskReplay, parse_phone_list, transition_id_to_phone
+
+# Transition ids 1..4: phones 1, 1, 5, 5 (phone 1 is silence).
+TID2PHONE = np.array([0, 1, 1, 5, 5])
+
+
+def test_no_traceback_yet_gives_the_silence_weight():
+    sw = SilenceWeighting(TID2PHONE, {1}, 0.001, fss=3)
+    deltas = sw.delta_weights(num_frames_ready=7)  # 3 decoder frames cover input frames 0..8
+    assert [f for f, _ in deltas] == list(range(9))
+    assert all(w == pytest.approx(0.001) for _, w in deltas)
+
+
+def test_traceback_sets_weights_and_later_changes_are_deltas():
+    sw = SilenceWeighting(TID2PHONE, {1}, 0.001, fss=1)
+    sw.set_traceback([1, 3, 3])  # silence, speech, speech
+    first = dict(sw.delta_weights(num_frames_ready=5))  # frames 3, 4 have no traceback: copy frame 2
+    assert first == pytest.approx({0: 0.001, 1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0})
+    sw.set_traceback([1, 1, 3, 3, 3])  # frame 1 is now silence
+    second = sw.delta_weights(num_frames_ready=5)
+    assert second == [(1, pytest.approx(0.001 - 1.0)), (4, 0.0)]  # the last frame is always reported
+
+
+def test_inactive_without_silence_phones():
+    assert not SilenceWeighting(TID2PHONE, set(), 0.001, 1).active
+    assert not SilenceWeighting(TID2PHONE, {1}, 1.0, 1).active
+    assert parse_phone_list("1:2:3") == parse_phone_list("1,2,3") == {1, 2, 3}
+    with pytest.raises(ConfigError, match="phone ids like 1:2:3, found 'a:b'"):
+        parse_phone_list("a:b")
+
+
+def test_steps_follow_vosk_feeding():
+    replay = VoskReplay.__new__(VoskReplay)
+    replay.options = StreamingOptions(piece_samples=8000, step_samples=3200)
+    steps = replay._steps(num_samples=17000, num_frames=104)
+    # Pieces of 8000 samples split in 3200 + 3200 + 1600; frames = 1 + (n - 400) // 160.
+    readies = [r for r, _ in steps]
+    assert readies == [18, 38, 48, 68, 88, 98, 104, 104]
+    assert [f for _, f in steps] == [False] * 7 + [True]  # FinalResult: input finished
+
+
+def test_phones_of_the_real_transition_model(real_model_path):
+    tm = load_nnet_file(real_model_path).transition_model
+    table = transition_id_to_phone(tm)
+    assert len(table) == len(tm.transition_id_to_pdf()) == 11887
+    assert table[1] == table[2] == 1 and table.max() == 194
