@@ -14,7 +14,8 @@ What a run holds (every rate is a percentage, 0..100; every value at step 0):
     - ``removed_energy/total`` and ``removed_energy/<layer>``;
     - once evaluated: ``eval/wer``, ``eval/cer``, ``eval/wer_delta_abs``,
       ``eval/wer_delta_rel``, ``eval/cer_delta_abs``, ``eval/cer_delta_rel``,
-      ``eval/baseline_wer``, ``eval/baseline_cer``;
+      ``eval/baseline_wer``, ``eval/baseline_cer``; with ``eval=torch`` also
+      ``eval/kl``, ``eval/argmax_agreement`` and ``eval/snr_db``;
     - every numeric ``*_seconds`` key of ``metrics.json`` as ``time/<key>``.
 * histograms, per layer (optional, see ``histograms=``)
     - ``weights_before/<layer>``: every weight before pruning;
@@ -71,6 +72,9 @@ HPARAM_METRICS: tuple[str, ...] = (
     "eval/wer_delta_rel",
     "eval/cer_delta_abs",
     "eval/cer_delta_rel",
+    "eval/kl",
+    "eval/argmax_agreement",
+    "eval/snr_db",
 )
 
 #: metrics.json key -> scalar tag, for the evaluation results.
@@ -81,6 +85,10 @@ EVAL_SCALARS: dict[str, str] = {
     "wer_delta_rel": "eval/wer_delta_rel",
     "cer_delta_abs": "eval/cer_delta_abs",
     "cer_delta_rel": "eval/cer_delta_rel",
+    # eval=torch: the pruned network's outputs against the dense one's.
+    "kl": "eval/kl",
+    "argmax_agreement": "eval/argmax_agreement",
+    "snr_db": "eval/snr_db",
 }
 
 #: Number of equal-width histogram bins between a layer's min and max weight.
