@@ -11,8 +11,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
-from kprune.fileio import write_atomically, write_json_atomically
 from kprune.errors import ConfigError, EvaluationError
+from kprune.evaluate.scoring import CorpusScore, format_per_utt, format_per_utt_tsv, score_corpus
+from kprune.fileio import write_atomically, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,36 @@ class Evaluator(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TranscriptScoring:
+    """Scoring for backends that produce hypotheses (vosk, torch), written once.
+
+    The backend provides ``self.refs`` (normalised references by utterance),
+    ``self.normalizer`` and ``self.data`` (the :class:`~kprune.evaluate.data.DataDir`).
+    """
+
+    def _score(self, hyps: Mapping[str, str]) -> CorpusScore:
+        normalised = {utt: self.normalizer(text) for utt, text in hyps.items()}
+        return score_corpus(self.refs, normalised, where=str(self.data.path / "text"))
+
+    @staticmethod
+    def _metrics(score: CorpusScore) -> dict[str, Any]:
+        return {
+            "wer": score.wer.rate,
+            "cer": score.cer.rate,
+            "wer_report": score.wer.report("WER"),
+            "cer_report": score.cer.report("CER"),
+            "num_utts": score.num_utts,
+        }
+
+    def _write_outputs(self, out_dir: Path, hyps: Mapping[str, str], score: CorpusScore) -> None:
+        """``hyp.txt`` (Kaldi style), ``per_utt``, ``per_utt.tsv`` and ``score.txt``."""
+        hyp_lines = [f"{utt} {hyps.get(utt, '')}".rstrip() for utt in self.data.text]
+        write_text_atomic(out_dir / "hyp.txt", "\n".join(hyp_lines) + "\n")
+        write_text_atomic(out_dir / "per_utt", format_per_utt(score.utterances))
+        write_text_atomic(out_dir / "per_utt.tsv", format_per_utt_tsv(score.utterances))
+        write_text_atomic(out_dir / "score.txt", "\n".join(score.report_lines()) + "\n")
 
 
 def relative_change(value: float, base: float) -> float | None:

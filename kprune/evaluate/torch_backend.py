@@ -42,6 +42,7 @@ from kprune.evaluate import data as datadir
 from kprune.evaluate.base import (
     CACHE_FORMAT,
     Evaluator,
+    TranscriptScoring,
     absolute_path,
     check_keys,
     file_digest,
@@ -50,7 +51,6 @@ from kprune.evaluate.base import (
     write_text_atomic,
 )
 from kprune.evaluate.normalize import Normalizer
-from kprune.evaluate.scoring import CorpusScore, format_per_utt, format_per_utt_tsv, score_corpus
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _version(package: str) -> str | None:
 
 
 @register_evaluator("torch")
-class TorchEvaluator(Evaluator):
+class TorchEvaluator(TranscriptScoring, Evaluator):
     """Decodes with the network in torch and ``kaldi-decoder``; scores WER and CER."""
 
     SETTINGS = {"data", "model_dir", "device", "mode", "ivector_period", "chunk_seconds", "batch_frames", "jobs",
@@ -365,25 +365,3 @@ class TorchEvaluator(Evaluator):
             self._dense_outputs = self._raw_outputs(self.dense)
         return self._dense_outputs
 
-    # ------------------------------------------------------------ scoring
-
-    def _score(self, hyps: Mapping[str, str]) -> CorpusScore:
-        normalised = {utt: self.normalizer(text) for utt, text in hyps.items()}
-        return score_corpus(self.refs, normalised, where=str(self.data.path / "text"))
-
-    @staticmethod
-    def _metrics(score: CorpusScore) -> dict[str, Any]:
-        return {
-            "wer": score.wer.rate,
-            "cer": score.cer.rate,
-            "wer_report": score.wer.report("WER"),
-            "cer_report": score.cer.report("CER"),
-            "num_utts": score.num_utts,
-        }
-
-    def _write_outputs(self, out_dir: Path, hyps: Mapping[str, str], score: CorpusScore) -> None:
-        hyp_lines = [f"{utt} {hyps.get(utt, '')}".rstrip() for utt in self.data.text]
-        write_text_atomic(out_dir / "hyp.txt", "\n".join(hyp_lines) + "\n")
-        write_text_atomic(out_dir / "per_utt", format_per_utt(score.utterances))
-        write_text_atomic(out_dir / "per_utt.tsv", format_per_utt_tsv(score.utterances))
-        write_text_atomic(out_dir / "score.txt", "\n".join(score.report_lines()) + "\n")

@@ -36,15 +36,14 @@ from kprune.evaluate import data as datadir
 from kprune.evaluate.base import (
     CACHE_FORMAT,
     Evaluator,
+    TranscriptScoring,
     absolute_path,
     check_keys,
     file_digest,
     positive_number,
     register_evaluator,
-    write_text_atomic,
 )
 from kprune.evaluate.normalize import Normalizer
-from kprune.evaluate.scoring import CorpusScore, format_per_utt, format_per_utt_tsv, score_corpus
 from kprune.evaluate.staging import remove_staged, stage_model_dir
 from kprune.evaluate.vosk_worker import CHUNK_SECONDS, Stopped, WorkItem, decode_items, load_model
 
@@ -96,7 +95,7 @@ def _tree_signature(root: Path, skip: Path) -> list[list[Any]]:
 
 
 @register_evaluator("vosk")
-class VoskEvaluator(Evaluator):
+class VoskEvaluator(TranscriptScoring, Evaluator):
     """Decodes with Vosk and scores WER and CER against a Kaldi data directory."""
 
     SETTINGS = {
@@ -251,29 +250,6 @@ class VoskEvaluator(Evaluator):
 
     def close(self) -> None:
         self._cleanup()
-
-    # ------------------------------------------------------------ scoring
-
-    def _score(self, hyps: Mapping[str, str]) -> CorpusScore:
-        normalised = {utt: self.normalizer(text) for utt, text in hyps.items()}
-        return score_corpus(self.refs, normalised, where=str(self.data.path / "text"))
-
-    @staticmethod
-    def _metrics(score: CorpusScore) -> dict[str, Any]:
-        return {
-            "wer": score.wer.rate,
-            "cer": score.cer.rate,
-            "wer_report": score.wer.report("WER"),
-            "cer_report": score.cer.report("CER"),
-            "num_utts": score.num_utts,
-        }
-
-    def _write_outputs(self, out_dir: Path, hyps: Mapping[str, str], score: CorpusScore) -> None:
-        hyp_lines = [f"{utt} {hyps.get(utt, '')}".rstrip() for utt in self.data.text]
-        write_text_atomic(out_dir / "hyp.txt", "\n".join(hyp_lines) + "\n")
-        write_text_atomic(out_dir / "per_utt", format_per_utt(score.utterances))
-        write_text_atomic(out_dir / "per_utt.tsv", format_per_utt_tsv(score.utterances))
-        write_text_atomic(out_dir / "score.txt", "\n".join(score.report_lines()) + "\n")
 
     # ------------------------------------------------------------ decoding
 
