@@ -259,7 +259,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
         stage = self.work_dir / f"model-{self._stage_count}"
         stage_model_dir(self.model_dir, stage, {self.model_slot: model}, self.staged_files)
         try:
-            run = self._run_subprocess if self.isolate else self._run_in_process
+            run = self._run_subprocess if self.isolate or _kaldifst_loaded() else self._run_in_process
             return run(stage, model, log_path, label)
         finally:
             remove_staged(stage)
@@ -398,6 +398,15 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _kaldifst_loaded() -> bool:
+    """libvosk hangs when loaded into a process that already loaded kaldifst
+    (eval=torch's decoder), so such a process always decodes in a child."""
+    if "kaldifst" in sys.modules:
+        log.warning("eval.isolate=false ignored: kaldifst is loaded in this process, and libvosk hangs beside it")
+        return True
+    return False
 
 
 def _dither(value: Any) -> float | None:
