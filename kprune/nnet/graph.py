@@ -259,21 +259,9 @@ class NnetGraph:
             return
         if op == "node":
             _add(req, d[1], times)
-        elif op in ("Append", "Sum"):
-            for a in d[1:]:
-                self._request(a, times, req, optional)
-        elif op == "Scale":
-            self._request(d[2], times, req, optional)
-        elif op == "Offset":
-            self._request(d[1], times + d[2], req, optional)
-        elif op == "ReplaceIndex":
-            self._request(d[1], np.array([d[3]], dtype=np.int64) if d[2] == "t" else times, req, optional)
-        elif op == "Round":
-            self._request(d[1], np.unique(np.floor_divide(times, d[2]) * d[2]), req, optional)
-        elif op == "Switch":
-            k = len(d) - 1
-            for i, a in enumerate(d[1:]):
-                self._request(a, times[times % k == i], req, optional)
+        elif op in _FORWARDING:
+            for child, child_times in _read_times(d, times):
+                self._request(child, child_times, req, optional)
         elif op == "IfDefined":
             if optional:
                 self._request(d[1], times, req, optional)
@@ -328,21 +316,9 @@ class NnetGraph:
             self._need(d[2], times[~first], need, comp)
         elif op == "node":
             _add(need, d[1], times)
-        elif op in ("Append", "Sum"):
-            for a in d[1:]:
-                self._need(a, times, need, comp)
-        elif op == "Scale":
-            self._need(d[2], times, need, comp)
-        elif op == "Offset":
-            self._need(d[1], times + d[2], need, comp)
-        elif op == "ReplaceIndex":
-            self._need(d[1], np.array([d[3]], dtype=np.int64) if d[2] == "t" else times, need, comp)
-        elif op == "Round":
-            self._need(d[1], np.unique(np.floor_divide(times, d[2]) * d[2]), need, comp)
-        elif op == "Switch":
-            k = len(d) - 1
-            for i, a in enumerate(d[1:]):
-                self._need(a, times[times % k == i], need, comp)
+        else:
+            for child, child_times in _read_times(d, times):
+                self._need(child, child_times, need, comp)
 
     def plan(self, inputs: Mapping[str, Times], outputs: Mapping[str, Times]) -> Plan:
         """The times each node is computed at, for ``outputs`` given ``inputs`` (both name -> times).
@@ -597,6 +573,30 @@ def _key(t) -> tuple:
     if len(t) > 1 and np.all(np.diff(t) == t[1] - t[0]):
         return ("range", int(t[0]), int(t[1] - t[0]), len(t))
     return tuple(t.tolist())
+
+
+# Descriptor operators that read their arguments at times computed from the
+# requested ones, whatever is computable (unlike IfDefined and Failover).
+_FORWARDING = frozenset({"Append", "Sum", "Scale", "Offset", "ReplaceIndex", "Round", "Switch"})
+
+
+def _read_times(d: tuple, times: Times) -> list[tuple[tuple, Times]]:
+    """The sub-descriptors a forwarding operator reads, each with the times it reads them at."""
+    op = d[0]
+    if op in ("Append", "Sum"):
+        return [(a, times) for a in d[1:]]
+    if op == "Scale":
+        return [(d[2], times)]
+    if op == "Offset":
+        return [(d[1], times + d[2])]
+    if op == "ReplaceIndex":
+        return [(d[1], np.array([d[3]], dtype=np.int64) if d[2] == "t" else times)]
+    if op == "Round":
+        return [(d[1], np.unique(np.floor_divide(times, d[2]) * d[2]))]
+    if op == "Switch":
+        k = len(d) - 1
+        return [(a, times[times % k == i]) for i, a in enumerate(d[1:])]
+    raise AssertionError(op)
 
 
 def _add(req: dict[str, Times], name: str, times: Times) -> None:
