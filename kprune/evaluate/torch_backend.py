@@ -18,6 +18,10 @@ extractor, the graph, the references.  Two modes (``eval.mode``):
   every ``ivector_period`` frames, computed once without silence weighting,
   whole utterances in chunks of 50 frames (faster, and the same for every point).
 
+The words (``eval.result``) are Vosk's minimum-Bayes-risk path over the lattice
+(``mbr``, :mod:`kprune.nnet.lattice`; the default in ``vosk`` mode) or the best
+path (``best_path``, the default in ``offline`` mode).
+
 With ``signals: true`` every point also gets ``kl``, ``argmax_agreement`` and
 ``snr_db``: its network outputs against the dense model's on the same inputs
 (:mod:`kprune.nnet.signals`).
@@ -93,11 +97,11 @@ def _version(package: str) -> str | None:
 class TorchEvaluator(TranscriptScoring, Evaluator):
     """Decodes with the network in torch and ``kaldi-decoder``; scores WER and CER."""
 
-    SETTINGS = {"data", "model_dir", "device", "mode", "ivector_period", "chunk_seconds", "batch_frames", "jobs",
-                "timeout", "cache_dir", "graph_cache", "signals", "normalize"}
+    SETTINGS = {"data", "model_dir", "device", "mode", "result", "ivector_period", "chunk_seconds", "batch_frames",
+                "jobs", "timeout", "cache_dir", "graph_cache", "signals", "normalize"}
 
     def __init__(self, model_path: Path, data_dir: Path, *, model_dir: Path | None = None, device: str = "auto",
-                 mode: str = "vosk", ivector_period: int = 10, chunk_seconds: float = 0.5,
+                 mode: str = "vosk", result: str | None = None, ivector_period: int = 10, chunk_seconds: float = 0.5,
                  batch_frames: int | None = None, jobs: int = 0, timeout: float = 3600.0, cache_dir: Path | None = None,
                  graph_cache: Path | None = None, signals: bool = True, normalizer: Normalizer | None = None):
         super().__init__(cache_dir)
@@ -108,6 +112,13 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
 
         if mode not in MODES:
             raise ConfigError(f"eval.mode: expected one of {', '.join(MODES)}, found {mode!r}")
+        from kprune.nnet.decode import RESULTS
+
+        result = result or ("mbr" if mode == "vosk" else "best_path")
+        if result not in RESULTS:
+            raise ConfigError(f"eval.result: expected one of {', '.join(RESULTS)} (or null: by eval.mode), "
+                              f"found {result!r}")
+        self.result = result
         self.model_path = Path(model_path).resolve()
         if not self.model_path.is_file():
             raise EvaluationError(f"{self.model_path}: the original model does not exist")
@@ -172,6 +183,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
             model_dir=absolute_path(cfg["model_dir"]) if cfg.get("model_dir") else None,
             device=str(cfg.get("device", "auto")),
             mode=mode,
+            result=cfg.get("result"),
             ivector_period=positive_number(cfg, "ivector_period", 10, integer=True),
             chunk_seconds=positive_number(cfg, "chunk_seconds", 0.5),
             batch_frames=positive_number(cfg, "batch_frames", 1, integer=True) if cfg.get("batch_frames") else None,
@@ -227,7 +239,8 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
             tm = self.dense.file.transition_model
             if tm is None:
                 raise EvaluationError(f"{self.model_path}: decoding needs a .mdl with a transition model")
-            self._decoder = GraphDecoder(graph, tm.transition_id_to_pdf(), DecoderOptions.from_conf(self.model_conf))
+            self._decoder = GraphDecoder(graph, tm.transition_id_to_pdf(),
+                                         DecoderOptions.from_conf(self.model_conf, self.result))
             log.info("decoding graph %s loaded in %.1f s", graph.fst, self._decoder.load_seconds)
         return self._decoder
 
@@ -242,6 +255,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
             "audio": self.audio.digest,
             "text": file_digest(self.data.path / "text"),
             "mode": self.mode,
+            "result": self.result,
             "ivector_period": self.ivector_period,
             "chunk_seconds": self.chunk_seconds,
             "versions": {p: _version(p) for p in ("torch", "torchaudio", "kaldi-decoder", "kaldifst")},
@@ -288,7 +302,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
     # ------------------------------------------------------------ decoding
 
     def _log_text(self, model: Path, timing: Mapping[str, float], details: list[str]) -> str:
-        head = [f"eval=torch mode={self.mode} device={self.device} model={model}",
+        head = [f"eval=torch mode={self.mode} result={self.result} device={self.device} model={model}",
                 f"graph={self.decoder().fst_path}",
                 " ".join(f"{k}={v:.3f}" for k, v in timing.items())]
         return "\n".join(head + details) + "\n"

@@ -168,22 +168,43 @@ def read_words(path: str | os.PathLike) -> dict[int, str]:
     return words
 
 
+#: How a decode becomes words: the best path, or Vosk's minimum-Bayes-risk path over the lattice.
+RESULTS = ("best_path", "mbr")
+
+
 @dataclass(frozen=True)
 class DecoderOptions:
-    """Kaldi's decoder beams (Vosk's ``conf/model.conf``: --beam, --max-active, --min-active)."""
+    """Kaldi's decoder beams (Vosk's ``conf/model.conf``: --beam, --max-active, --min-active,
+    --lattice-beam) and how the words are taken.
+
+    ``result="mbr"`` does what Vosk's recogniser does at the end of an
+    utterance (:mod:`kprune.nnet.lattice`): a lattice within ``lattice_beam``,
+    graph costs scaled by ``mbr_graph_scale`` (Vosk: 0.9), and its
+    minimum-Bayes-risk word sequence.
+    """
 
     beam: float = 16.0
     max_active: int = 2147483647
     min_active: int = 20
+    lattice_beam: float = 10.0
+    result: str = "best_path"
+    mbr_graph_scale: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.result not in RESULTS:
+            raise ConfigError(f"decoder result: expected one of {', '.join(RESULTS)}, found {self.result!r}")
+        if not self.lattice_beam > 0:
+            raise ConfigError(f"--lattice-beam: expected a positive number, found {self.lattice_beam}")
 
     @classmethod
-    def from_conf(cls, conf: dict[str, str]) -> DecoderOptions:
+    def from_conf(cls, conf: dict[str, str], result: str = "best_path") -> DecoderOptions:
         try:
             return cls(float(conf.get("beam", cls.beam)), int(conf.get("max-active", cls.max_active)),
-                       int(conf.get("min-active", cls.min_active)))
+                       int(conf.get("min-active", cls.min_active)),
+                       float(conf.get("lattice-beam", cls.lattice_beam)), result)
         except ValueError:
             raise ConfigError(f"decoder options: expected numbers for --beam, --max-active, --min-active, "
-                              f"found {conf}") from None
+                              f"--lattice-beam, found {conf}") from None
 
 
 class GraphDecoder:
@@ -218,8 +239,22 @@ class GraphDecoder:
             raise EvaluationError(f"expected log-likelihoods [frames, {self.num_pdfs} pdfs], found {list(loglikes.shape)}")
         return np.ascontiguousarray(loglikes[:, self.tid2pdf[1:]])
 
+    def mbr_words(self, loglikes: np.ndarray) -> list[int]:
+        """Vosk's transcript of one utterance: the MBR word ids of its lattice (see :mod:`kprune.nnet.lattice`)."""
+        from kprune.nnet import lattice
+
+        o = self.options
+        dec = self._kd.LatticeSimpleDecoder(self.fst, self._kd.LatticeSimpleDecoderConfig(
+            beam=o.beam, lattice_beam=o.lattice_beam))
+        dec.decode(self._kd.DecodableCtc(self.expand(loglikes), 0))
+        ok, raw = dec.get_raw_lattice(True)
+        if not ok:
+            return []
+        words = lattice.determinize(lattice.prune(lattice.raw_lattice(raw), o.lattice_beam))
+        return lattice.mbr_words(lattice.scale_graph(words, o.mbr_graph_scale))
+
     def decode(self, loglikes: np.ndarray) -> DecodeResult:
-        """The best path through the graph for one utterance."""
+        """The words of one utterance (``options.result``), with the best path's alignment."""
         stream = self.stream()
         stream.advance(loglikes)
         return stream.finish()
@@ -240,13 +275,19 @@ class DecodeResult:
 
 
 class DecodeStream:
-    """One utterance decoded block by block (what online decoding does)."""
+    """One utterance decoded block by block (what online decoding does).
+
+    The incremental search is ``FasterDecoder``'s (its best path is what online
+    silence weighting reads).  With ``result="mbr"`` the blocks are kept, and
+    :meth:`finish` takes the words from the whole utterance's lattice.
+    """
 
     def __init__(self, decoder: GraphDecoder):
         self.decoder = decoder
         self._dec = decoder._kd.FasterDecoder(decoder.fst, decoder._opts)
         self._dec.init_decoding()
         self.frames = 0
+        self._blocks: list[np.ndarray] | None = [] if decoder.options.result == "mbr" else None
 
     def advance(self, loglikes: np.ndarray) -> None:
         """Decode the next ``[n, pdfs]`` frames."""
@@ -255,6 +296,8 @@ class DecodeStream:
         mat = self.decoder.expand(loglikes)
         self._dec.advance_decoding(self.decoder._kd.DecodableCtc(mat, self.frames))
         self.frames += len(mat)
+        if self._blocks is not None:
+            self._blocks.append(np.asarray(loglikes, dtype=np.float32))
 
     def traceback(self) -> list[int]:
         """Transition ids of the current best partial path (one per decoded frame), without final costs."""
@@ -271,6 +314,8 @@ class DecodeStream:
         if not ok:
             return DecodeResult([], [], reached, float("inf"))
         _, tids, words, weight = self.decoder._kf.get_linear_symbol_sequence(lattice)
+        if self._blocks is not None:
+            words = self.decoder.mbr_words(np.concatenate(self._blocks))
         names = self.decoder.words
         return DecodeResult([names.get(w, f"<{w}>") for w in words], list(tids), reached, _cost(weight))
 

@@ -64,6 +64,35 @@ def test_incremental_decoding_matches_whole(hclg_dir):
     assert stream.finish().words == decoder.decode(ll).words == ["a", "b", "a"]
 
 
+def test_mbr_result_takes_the_words_from_the_lattice(hclg_dir):
+    import kaldifst
+
+    # Without a cost per word, "a b b a a" costs what "a b a" costs: give every word entry a cost of 2.
+    text = HCL.replace("2 3 5 0\n3 0 0 0\n", "2 0 0 0\n").replace("0 1 1 1\n", "0 1 1 1 2\n")
+    kaldifst.compile(text.replace("0 2 3 2\n", "0 2 3 2 2\n"), acceptor=False).write(str(hclg_dir / "HCLG.fst"))
+    best = GraphDecoder(static_graph(hclg_dir), TID2PDF, DecoderOptions(beam=10.0))
+    mbr = GraphDecoder(static_graph(hclg_dir), TID2PDF, DecoderOptions(beam=10.0, lattice_beam=4.0, result="mbr"))
+    ll = loglikes("0011100")
+    assert mbr.mbr_words(ll) == [1, 2, 1]
+    stream = mbr.stream()
+    stream.advance(ll[:3])
+    stream.advance(ll[3:])
+    result = stream.finish()
+    assert result.words == mbr.decode(ll).words == best.decode(ll).words == ["a", "b", "a"]
+    assert result.transition_ids == best.decode(ll).transition_ids  # the alignment is the best path's
+
+
+def test_decoder_options_are_checked():
+    assert DecoderOptions.from_conf({"beam": "10.0", "lattice-beam": "2.0"}, "mbr") == DecoderOptions(
+        beam=10.0, lattice_beam=2.0, result="mbr")
+    with pytest.raises(ConfigError, match="decoder result: expected one of best_path, mbr, found 'nbest'"):
+        DecoderOptions(result="nbest")
+    with pytest.raises(ConfigError, match="--lattice-beam: expected a positive number, found 0"):
+        DecoderOptions(lattice_beam=0)
+    with pytest.raises(ConfigError, match="expected numbers for --beam"):
+        DecoderOptions.from_conf({"lattice-beam": "wide"})
+
+
 def test_expand_checks_the_pdf_count(hclg_dir):
     decoder = GraphDecoder(static_graph(hclg_dir), TID2PDF)
     np.testing.assert_array_equal(decoder.expand(loglikes("01")), [[0, 0, -5, -5], [-5, -5, 0, 0]])
