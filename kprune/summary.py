@@ -39,6 +39,13 @@ SPARSITY_PLOT = "sparsity_vs_threshold.png"
 ERROR_PLOT = "error_vs_sparsity.png"
 PER_LAYER_PLOT = "per_layer.png"
 
+#: Output signals of eval=torch (:mod:`kprune.nnet.signals`): key -> column header.
+SIGNALS = {
+    "kl": "output KL (nats/frame)",
+    "argmax_agreement": "argmax agreement (%)",
+    "snr_db": "output SNR (dB)",
+}
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -62,6 +69,9 @@ class RunResult:
     cer_delta_rel: float | None = None
     baseline_wer: float | None = None
     baseline_cer: float | None = None
+    kl: float | None = None
+    argmax_agreement: float | None = None
+    snr_db: float | None = None
     error: str | None = None
 
     @property
@@ -145,6 +155,7 @@ def load_run(run_dir: str | os.PathLike, sweep_dir: str | os.PathLike | None = N
         cer_delta_rel=_number(metrics.get("cer_delta_rel"), "cer_delta_rel", source, status == "failed"),
         baseline_wer=_number(baseline.get("wer"), "baseline.wer", source),
         baseline_cer=_number(baseline.get("cer"), "baseline.cer", source),
+        **{key: _number(metrics.get(key), key, source, status == "failed") for key in SIGNALS},
         error=error,
     )
 
@@ -267,6 +278,10 @@ def _delta(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
 
 
+def _signal(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
 def table_columns(runs: Sequence[RunResult]) -> list[Column]:
     """The columns of the table: the original experiments' ones, then what was measured.
 
@@ -292,6 +307,9 @@ def table_columns(runs: Sequence[RunResult]) -> list[Column]:
              Column(f"{name} change (rel %)", lambda r, m=measure: _delta(getattr(r, f"{m}_delta_rel")))),
         ]
         columns += [column for key, column in optional if any(getattr(r, key) is not None for r in runs)]
+    for key, header in SIGNALS.items():
+        if any(getattr(r, key) is not None for r in runs):
+            columns.append(Column(header, lambda r, k=key: _signal(getattr(r, k))))
     if any(run.failed for run in runs):
         columns.append(Column("error", lambda r: r.error or ""))
     return columns
@@ -331,7 +349,67 @@ def format_markdown(runs: Sequence[RunResult]) -> str:
             rates = ", ".join(f"{name} {value:.2f} %" for name, value in (("WER", wer), ("CER", cer))
                               if value is not None)
             out.append(f"Unpruned baseline ({', '.join(sorted(groups))}): {rates}.")
+    ranking = signal_ranking(runs)
+    if ranking:
+        measure, count = ranking[0][1], ranking[0][3]
+        parts = ", ".join(f"{SIGNALS[key].split(' (')[0]} {rho:+.2f}" for key, _, rho, _ in ranking)
+        out.append("")
+        out.append(f"How the output signals rank the points by {measure.upper()} (Spearman's rho over {count} "
+                   f"points; +1 or -1 is a perfect ranking): {parts}.")
     return "\n".join(out) + "\n"
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y``, ties given their average rank.
+
+    NaN when either side is constant (no ranking to compare).
+    """
+    if len(x) != len(y):
+        raise ValueError(f"expected two sequences of the same length, found {len(x)} and {len(y)}")
+
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2.0
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    n = len(rx)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(rx) / n, sum(ry) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else float("nan")
+
+
+def signal_ranking(runs: Sequence[RunResult]) -> list[tuple[str, str, float, int]]:
+    """``(signal, measure, rho, points)`` for each output signal, against the error rate.
+
+    Over the completed runs that have both the signal and the error rate (CER
+    when some run has it, else WER); signals with fewer than 3 such runs, or no
+    spread, are left out.
+    """
+    measure = error_measure(runs)
+    if measure is None:
+        return []
+    out = []
+    for key in SIGNALS:
+        pairs = [(getattr(r, key), getattr(r, measure)) for r in runs
+                 if not r.failed and getattr(r, key) is not None and getattr(r, measure) is not None]
+        if len(pairs) >= 3:
+            rho = spearman_rho([a for a, _ in pairs], [b for _, b in pairs])
+            if not math.isnan(rho):
+                out.append((key, measure, rho, len(pairs)))
+    return out
 
 
 # --------------------------------------------------------------------------- series

@@ -24,6 +24,8 @@ from kprune.summary import (
     format_tsv,
     layer_sweeps,
     load_run,
+    signal_ranking,
+    spearman_rho,
     summarize,
     table_rows,
     threshold_sweeps,
@@ -394,3 +396,44 @@ def test_a_failed_point_with_a_non_numeric_threshold_still_summarizes(tmp_path):
     summarize([tmp_path / "sweep"], tmp_path / "out", plots=False)
     table = (tmp_path / "out" / "summary.tsv").read_text()
     assert "threshold for method 'abs' must be a number" in table and "0.1" in table
+
+
+def test_spearman_rho_known_answers():
+    assert spearman_rho([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman_rho([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ranks, not values: any increasing map gives +1.
+    assert spearman_rho([0.001, 0.1, 5.0, 900.0], [1, 2, 3, 4]) == pytest.approx(1.0)
+    # Ties take their average rank: x ranks (0.5, 0.5, 2), y ranks (0, 1, 2).
+    assert spearman_rho([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254)
+    # A worked example: d = (0, -2, 1, 1, 0), rho = 1 - 6 * 6 / (5 * 24) = 0.7.
+    assert spearman_rho([1, 2, 3, 4, 5], [1, 4, 2, 3, 5]) == pytest.approx(0.7)
+    assert spearman_rho([1, 1, 1], [1, 2, 3]) != spearman_rho([1, 1, 1], [1, 2, 3])  # NaN: x has no ranking
+    with pytest.raises(ValueError, match="same length"):
+        spearman_rho([1, 2], [1, 2, 3])
+
+
+def test_output_signals_become_columns_and_are_ranked_against_cer(tmp_path):
+    points = []
+    for t, sparsity, wer, cer, kl, agree, snr in [
+        (0.01, 10.0, 31.6, 9.9, 0.002, 99.1, 31.0),
+        (0.02, 20.0, 31.9, 10.1, 0.010, 97.2, 24.5),
+        (0.03, 30.0, 33.0, 11.5, 0.052, 93.0, 17.9),
+        (0.04, 40.0, 45.0, 20.0, 0.300, 80.4, 9.2),
+    ]:
+        m = _metrics("abs_sweep", "abs", t, "all", sparsity, sparsity, 1.0, wer=wer, cer=cer)
+        m.update({"kl": kl, "argmax_agreement": agree, "snr_db": snr})
+        points.append((m, None))
+    # A point without signals (eval=vosk) leaves its cells empty and out of the ranking.
+    points.append((_metrics("abs_sweep", "abs", 0.05, "all", 50.0, 50.0, 2.0, wer=90.0, cer=70.0), None))
+    sweep = _sweep(tmp_path, "10-00-00", points)
+    runs = collect_runs([sweep])
+    header, rows = table_rows(runs)
+    assert header[-3:] == ["output KL (nats/frame)", "argmax agreement (%)", "output SNR (dB)"]
+    assert rows[0][-3:] == ["0.002", "99.1", "31"]
+    assert rows[-1][-3:] == ["", "", ""]
+    assert signal_ranking(runs) == [("kl", "cer", pytest.approx(1.0), 4),
+                                    ("argmax_agreement", "cer", pytest.approx(-1.0), 4),
+                                    ("snr_db", "cer", pytest.approx(-1.0), 4)]
+    assert format_markdown(runs).splitlines()[-1] == (
+        "How the output signals rank the points by CER (Spearman's rho over 4 points; +1 or -1 is a perfect "
+        "ranking): output KL +1.00, argmax agreement -1.00, output SNR -1.00.")

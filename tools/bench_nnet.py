@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from benchtime import median_seconds  # noqa: E402
 
 from kprune.nnet.compute import AcousticModel  # noqa: E402
+from kprune.summary import spearman_rho  # noqa: E402
 
 
 def default_model() -> Path:
@@ -128,20 +129,6 @@ def bench_eval(args) -> dict:
     return {"audio_seconds": 75.1, "threads": torch.get_num_threads(), "results": results}
 
 
-def spearman(x, y) -> float:
-    def ranks(v):
-        v = np.asarray(v, dtype=np.float64)
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v):  # average ranks of ties
-            r[v == value] = r[v == value].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def bench_signals(args) -> dict:
     from kprune.evaluate import torch_backend
     from kprune.methods import compute_masks
@@ -171,7 +158,7 @@ def bench_signals(args) -> dict:
         ev.close()
         shutil.rmtree(work, ignore_errors=True)
     cer = [p["cer"] for p in points]
-    rho = {k: spearman([p[k] for p in points], cer) for k in ("kl", "argmax_agreement", "snr_db")}
+    rho = {k: spearman_rho([p[k] for p in points], cer) for k in ("kl", "argmax_agreement", "snr_db")}
     return {"method": args.method, "mode": args.mode, "baseline_cer": base["cer"], "points": points,
             "spearman_rho_vs_cer": rho}
 
