@@ -7,19 +7,9 @@ expressions over other nodes at shifted times (``Append``, ``Offset``,
 ``Round``, ``Switch``; ``shared/docs/kaldi-nnet3-format.md`` section 5.2).
 
 A computation asks for some outputs at some times, given the inputs at some
-times, for a batch of sequences that share that layout.  It is planned in three
-passes over sets of integer times, in the spirit of Kaldi's
-``ComputationGraphBuilder``:
-
-1. *requested*, from the outputs back to the inputs: every time any descriptor
-   could read (both branches of ``Failover``, the inner part of ``IfDefined``);
-2. *computable*, from the inputs forward: which of those times can be
-   computed from what is provided;
-3. *needed*, backwards again: only the times actually read, given what is
-   computable (``IfDefined`` reads where its part is computable, ``Failover``
-   its first part where it can, else its second).
-
-Then each node is evaluated once, at its needed times, as a tensor
+times, for a batch of sequences that share that layout.  :mod:`kprune.nnet.plan`
+works out which node is computed at which times (three passes over sets of
+integer times, as Kaldi's ``ComputationGraphBuilder`` does).  Then each node is evaluated once, at its needed times, as a tensor
 ``[batch, times, dim]``; a node's value is dropped as soon as its last reader
 is done, so memory follows the width of the network, not its depth.
 """
@@ -29,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -37,13 +27,11 @@ import torch
 
 from kprune.errors import KaldiFormatError
 from kprune.kaldi.nnet3 import Nnet3, Node, descriptor_nodes
+from kprune.nnet import plan as planning
 from kprune.nnet.components import ComponentOp, make_op
+from kprune.nnet.plan import Plan, Times, computable, shifted, times_key, unique_times
 
 log = logging.getLogger(__name__)
-
-Times = np.ndarray  # sorted, unique int64 time indexes
-_EMPTY = np.zeros(0, dtype=np.int64)
-
 
 def _where(name: str) -> str:
     return f"node {name}"
@@ -69,16 +57,6 @@ class GraphNode:
     @property
     def offsets(self) -> tuple[int, ...]:
         return self.op.time_offsets if self.op is not None else (0,)
-
-
-@dataclass
-class Plan:
-    """Times at which each node is computed for one request, in evaluation order."""
-
-    order: list[str]
-    times: dict[str, Times]
-    input_times: dict[str, Times]  # component nodes: times their descriptor is read at
-    readers: dict[str, int] = field(default_factory=dict)
 
 
 class NnetGraph:
@@ -119,7 +97,7 @@ class NnetGraph:
         self.modulus = 1
         for node in self.nodes.values():
             if node.descriptor is not None:
-                self.modulus = math.lcm(self.modulus, _modulus(node.descriptor))
+                self.modulus = math.lcm(self.modulus, planning.modulus(node.descriptor))
         self.left_context, self.right_context = self.input_context("input")
         self._plans: OrderedDict[tuple, Plan] = OrderedDict()
 
@@ -231,94 +209,7 @@ class NnetGraph:
         """
         if name not in self.input_dims:
             return 0, 0
-        left = right = 0
-        for t0 in range(self.modulus):
-            req: dict[str, Times] = {}
-            for out in self.outputs:
-                req[out] = np.array([t0], dtype=np.int64)
-            for node_name in reversed(self.order):
-                times = req.get(node_name)
-                if times is None or not len(times):
-                    continue
-                node = self.nodes[node_name]
-                if node.kind == "dim-range":
-                    _add(req, node.source, times)
-                elif node.descriptor is not None:
-                    self._request(node.descriptor, _shifted(times, node.offsets), req, optional=False)
-            got = req.get(name, _EMPTY)
-            if len(got):
-                left, right = max(left, t0 - int(got[0])), max(right, int(got[-1]) - t0)
-        return left, right
-
-    # ------------------------------------------------------------------ planning
-
-    def _request(self, d: tuple, times: Times, req: dict[str, Times], optional: bool = True) -> None:
-        """Pass 1: every time ``d`` may read, added to ``req`` per node."""
-        op = d[0]
-        if not len(times) or op == "Const":
-            return
-        if op == "node":
-            _add(req, d[1], times)
-        elif op in _FORWARDING:
-            for child, child_times in _read_times(d, times):
-                self._request(child, child_times, req, optional)
-        elif op == "IfDefined":
-            if optional:
-                self._request(d[1], times, req, optional)
-        elif op == "Failover":
-            self._request(d[1], times, req, optional)
-            if optional:
-                self._request(d[2], times, req, optional)
-
-    def _computable(self, d: tuple, times: Times, comp: Mapping[str, Times]) -> np.ndarray:
-        """Pass 2: a bool per time, True where ``d`` can be computed."""
-        op = d[0]
-        if op == "node":
-            return np.isin(times, comp.get(d[1], _EMPTY), assume_unique=False)
-        if op in ("Const", "IfDefined"):
-            return np.ones(len(times), dtype=bool)
-        if op in ("Append", "Sum"):
-            ok = np.ones(len(times), dtype=bool)
-            for a in d[1:]:
-                ok &= self._computable(a, times, comp)
-            return ok
-        if op == "Scale":
-            return self._computable(d[2], times, comp)
-        if op == "Offset":
-            return self._computable(d[1], times + d[2], comp)
-        if op == "ReplaceIndex":
-            if d[2] == "x":
-                return self._computable(d[1], times, comp)
-            return np.full(len(times), bool(self._computable(d[1], np.array([d[3]], dtype=np.int64), comp)[0]))
-        if op == "Round":
-            return self._computable(d[1], np.floor_divide(times, d[2]) * d[2], comp)
-        if op == "Switch":
-            k = len(d) - 1
-            ok = np.zeros(len(times), dtype=bool)
-            for i, a in enumerate(d[1:]):
-                sel = times % k == i
-                ok[sel] = self._computable(a, times[sel], comp)
-            return ok
-        if op == "Failover":
-            return self._computable(d[1], times, comp) | self._computable(d[2], times, comp)
-        raise AssertionError(op)
-
-    def _need(self, d: tuple, times: Times, need: dict[str, Times], comp: Mapping[str, Times]) -> None:
-        """Pass 3: the times ``d`` actually reads, given what is computable."""
-        op = d[0]
-        if not len(times) or op == "Const":
-            return
-        if op == "IfDefined":
-            self._need(d[1], times[self._computable(d[1], times, comp)], need, comp)
-        elif op == "Failover":
-            first = self._computable(d[1], times, comp)
-            self._need(d[1], times[first], need, comp)
-            self._need(d[2], times[~first], need, comp)
-        elif op == "node":
-            _add(need, d[1], times)
-        else:
-            for child, child_times in _read_times(d, times):
-                self._need(child, child_times, need, comp)
+        return planning.input_context(self.nodes, self.order, self.outputs, self.modulus, name)
 
     def plan(self, inputs: Mapping[str, Times], outputs: Mapping[str, Times]) -> Plan:
         """The times each node is computed at, for ``outputs`` given ``inputs`` (both name -> times).
@@ -326,81 +217,25 @@ class NnetGraph:
         Plans are cached in relative time: a request shifted by a multiple of
         the network's modulus reuses the plan, shifted.
         """
+        for name in outputs:
+            if name not in self.outputs:
+                raise _error("nnet3 config", f"expected one of the outputs {list(self.outputs)}, found {name!r}")
         firsts = [int(np.min(t)) for t in outputs.values() if len(t)]
         shift = (min(firsts) // self.modulus) * self.modulus if firsts else 0
-        inputs = {n: _times(t) - shift for n, t in inputs.items()}
+        inputs = {n: unique_times(t) - shift for n, t in inputs.items()}
         outputs = {n: np.asarray(t, dtype=np.int64) - shift for n, t in outputs.items()}
-        key = (tuple((n, _key(t)) for n, t in sorted(inputs.items())),
-               tuple((n, _key(t)) for n, t in sorted(outputs.items())))
+        key = (tuple((n, times_key(t)) for n, t in sorted(inputs.items())),
+               tuple((n, times_key(t)) for n, t in sorted(outputs.items())))
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
         else:
-            plan = self._make_plan(inputs, outputs)
+            plan = planning.make_plan(self.nodes, self.order, inputs, outputs,
+                                      (self.left_context, self.right_context))
             self._plans[key] = plan
             if len(self._plans) > 32:
                 self._plans.popitem(last=False)
-        if shift == 0:
-            return plan
-        return Plan(plan.order, {n: t + shift for n, t in plan.times.items()},
-                    {n: t + shift for n, t in plan.input_times.items()}, plan.readers)
-
-    def _make_plan(self, inputs: Mapping[str, Times], outputs: Mapping[str, Times]) -> Plan:
-        for name in outputs:
-            if name not in self.outputs:
-                raise _error("nnet3 config", f"expected one of the outputs {list(self.outputs)}, found {name!r}")
-        req: dict[str, Times] = {n: _times(t) for n, t in outputs.items()}
-        for name in reversed(self.order):
-            times = req.get(name)
-            if times is None or not len(times):
-                continue
-            node = self.nodes[name]
-            if node.kind == "dim-range":
-                _add(req, node.source, times)
-            elif node.descriptor is not None:
-                self._request(node.descriptor, _shifted(times, node.offsets), req)
-
-        comp: dict[str, Times] = {}
-        for name in self.order:
-            node = self.nodes[name]
-            times = req.get(name, _EMPTY)
-            if node.kind == "input":
-                comp[name] = np.intersect1d(times, _times(inputs.get(name, _EMPTY)))
-            elif node.kind == "dim-range":
-                comp[name] = np.intersect1d(times, comp[node.source])
-            else:
-                ok = np.ones(len(times), dtype=bool)
-                for o in node.offsets:
-                    ok &= self._computable(node.descriptor, times + o, comp)
-                comp[name] = times[ok]
-
-        for name, times in outputs.items():
-            missing = np.setdiff1d(_times(times), comp[name])
-            if len(missing):
-                have = {n: _describe_times(_times(t)) for n, t in inputs.items()}
-                raise _error(_where(name), f"expected output {name} to be computable at t={_describe_times(missing)}, "
-                                           f"found it is not, given inputs at {have} "
-                                           f"(the network needs context {self.left_context}/{self.right_context})")
-
-        need: dict[str, Times] = {n: _times(t) for n, t in outputs.items()}
-        input_times: dict[str, Times] = {}
-        for name in reversed(self.order):
-            times = need.get(name)
-            if times is None or not len(times):
-                continue
-            node = self.nodes[name]
-            if node.kind == "dim-range":
-                _add(need, node.source, times)
-            elif node.descriptor is not None:
-                at = _shifted(times, node.offsets)
-                input_times[name] = at
-                self._need(node.descriptor, at, need, comp)
-        order = [n for n in self.order if n in need and len(need[n])]
-        readers: dict[str, int] = {}
-        for name in order:
-            for dep in self.nodes[name].deps:
-                readers[dep] = readers.get(dep, 0) + 1
-        return Plan(order, need, input_times, readers)
+        return plan.shifted(shift)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -430,7 +265,7 @@ class NnetGraph:
                     continue  # an input the requested outputs do not read
                 raise _error(_where(name), f"expected one of the input nodes {sorted(self.config_inputs)}, "
                                            f"found {name!r}")
-            times = _times(times)
+            times = unique_times(times)
             if tensor.dim() != 3 or tensor.shape[1] != len(times) or tensor.shape[2] != node.dim:
                 raise _error(_where(name), f"expected input {name} as [batch, {len(times)}, {node.dim}], "
                                            f"found {list(tensor.shape)}")
@@ -482,7 +317,7 @@ class NnetGraph:
         return out
 
     def _component(self, node: GraphNode, times: Times, values, batch: int) -> torch.Tensor:
-        at = _shifted(times, node.offsets)
+        at = shifted(times, node.offsets)
         x = self._evaluate(node.descriptor, at, values, batch)
         if node.offsets != (0,):
             x = torch.cat([_take(x, np.searchsorted(at, times + o)) for o in node.offsets], dim=-1)
@@ -535,7 +370,7 @@ class NnetGraph:
             return self._evaluate(d[1], np.floor_divide(times, d[2]) * d[2], values, batch)
         comp = {n: t for n, (t, _) in values.items()}
         if op == "IfDefined":
-            ok = self._computable(d[1], times, comp)
+            ok = computable(d[1], times, comp)
             if ok.all():
                 return self._evaluate(d[1], times, values, batch)
             dim = self._descriptor_dim(d[1], "IfDefined")
@@ -546,7 +381,7 @@ class NnetGraph:
             return out
         if op in ("Failover", "Switch"):
             if op == "Failover":
-                first = self._computable(d[1], times, comp)
+                first = computable(d[1], times, comp)
                 parts = [(d[1], first), (d[2], ~first)]
             else:
                 k = len(d) - 1
@@ -564,67 +399,6 @@ class NnetGraph:
 # --------------------------------------------------------------------------- helpers
 
 
-def _times(t) -> Times:
-    return np.unique(np.asarray(t, dtype=np.int64))
-
-
-def _key(t) -> tuple:
-    t = np.asarray(t, dtype=np.int64)
-    if len(t) > 1 and np.all(np.diff(t) == t[1] - t[0]):
-        return ("range", int(t[0]), int(t[1] - t[0]), len(t))
-    return tuple(t.tolist())
-
-
-# Descriptor operators that read their arguments at times computed from the
-# requested ones, whatever is computable (unlike IfDefined and Failover).
-_FORWARDING = frozenset({"Append", "Sum", "Scale", "Offset", "ReplaceIndex", "Round", "Switch"})
-
-
-def _read_times(d: tuple, times: Times) -> list[tuple[tuple, Times]]:
-    """The sub-descriptors a forwarding operator reads, each with the times it reads them at."""
-    op = d[0]
-    if op in ("Append", "Sum"):
-        return [(a, times) for a in d[1:]]
-    if op == "Scale":
-        return [(d[2], times)]
-    if op == "Offset":
-        return [(d[1], times + d[2])]
-    if op == "ReplaceIndex":
-        return [(d[1], np.array([d[3]], dtype=np.int64) if d[2] == "t" else times)]
-    if op == "Round":
-        return [(d[1], np.unique(np.floor_divide(times, d[2]) * d[2]))]
-    if op == "Switch":
-        k = len(d) - 1
-        return [(a, times[times % k == i]) for i, a in enumerate(d[1:])]
-    raise AssertionError(op)
-
-
-def _add(req: dict[str, Times], name: str, times: Times) -> None:
-    old = req.get(name)
-    req[name] = np.unique(times) if old is None else np.union1d(old, times)
-
-
-def _shifted(times: Times, offsets: tuple[int, ...]) -> Times:
-    if offsets == (0,):
-        return times
-    return np.unique(np.concatenate([times + o for o in offsets]))
-
-
-def _modulus(d: tuple) -> int:
-    if d[0] == "Round":
-        return math.lcm(int(d[2]), _modulus(d[1]))
-    if d[0] == "Switch":
-        m = len(d) - 1
-        for a in d[1:]:
-            m = math.lcm(m, _modulus(a))
-        return m
-    m = 1
-    for a in d[1:]:
-        if isinstance(a, tuple):
-            m = math.lcm(m, _modulus(a))
-    return m
-
-
 def _take(value: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
     """Rows ``idx`` of the time axis: a view for regular strides, else a gather."""
     n = len(idx)
@@ -639,14 +413,3 @@ def _take(value: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
             return value
         return value[:, start:start + step * (n - 1) + 1:step]
     return value.index_select(1, torch.from_numpy(idx.astype(np.int64)).to(value.device))
-
-
-def _describe_times(t: Times) -> str:
-    if not len(t):
-        return "none"
-    if len(t) == 1:
-        return str(int(t[0]))
-    if np.all(np.diff(t) == 1):
-        return f"{t[0]}..{t[-1]}"
-    shown = ", ".join(str(x) for x in t[:6])
-    return f"[{shown}{', ...' if len(t) > 6 else ''}]"
