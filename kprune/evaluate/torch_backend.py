@@ -318,7 +318,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
             options = StreamingOptions(
                 piece_samples=max(1, int(self.chunk_seconds * rate)),
                 step_samples=int(rate * 0.2),
-                frames_per_chunk=int(self.model_conf.get("frames-per-chunk", 20)),
+                frames_per_chunk=int(self.model_conf.get("frames-per-chunk", StreamingOptions.frames_per_chunk)),
                 silence_phones=frozenset(parse_phone_list(self.model_conf.get("endpoint.silence-phones", ""))),
                 frame_length_samples=int(rate * self.mfcc_options.kwargs["frame_length"] / 1000),
                 frame_shift_samples=int(rate * self.mfcc_options.kwargs["frame_shift"] / 1000))

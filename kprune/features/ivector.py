@@ -6,9 +6,12 @@ A Vosk or Kaldi online model ships an ``ivector/`` directory with
 ``online_cmvn.conf`` and ``splice.conf``.  Kaldi's ``OnlineIvectorFeature``
 (``src/online2/online-ivector-feature.cc``) computes, from the base MFCCs:
 
-* UBM posteriors on ``LDA(splice(online-CMVN(mfcc)))``: the top
-  ``num_gselect`` Gaussians, pruned below ``min_post``, renormalised and
-  scaled by ``posterior_scale`` (``VectorToPosteriorEntry``);
+* UBM posteriors on ``LDA(splice(online-CMVN(mfcc)))``: the Gaussians within
+  ``log(min_post)`` of the best, at most ``num_gselect`` of them, the worst
+  dropped while below ``min_post`` times their sum, renormalised
+  (``VectorToPosteriorEntry``, :func:`posterior_entries`) and scaled by
+  ``posterior_scale`` times the frame's weight (``min_post`` is divided by the
+  weight: ``GetMinPost``);
 * i-vector statistics on ``LDA(splice(mfcc))`` (no CMVN):
   ``linear += sum_g post * Sigma_inv_M[g]^T x`` and
   ``quadratic += sum_g post * U[g]``, starting from the prior
@@ -21,9 +24,14 @@ A Vosk or Kaldi online model ships an ``ivector/`` directory with
 
 The online CMVN (``OnlineCmvn``, no speaker state) normalises the mean over the
 last ``cmn_window`` frames, topped up with up to ``global_frames`` frames of
-``global_cmvn.stats``.  What Vosk adds and this module does not: silence
-weighting from the decoder's traceback (frames the decoder currently takes for
-silence count 0.001); see :mod:`kprune.features` for how the difference shows.
+``global_cmvn.stats``.  Vosk's Kaldi (alphacep/kaldi, what libvosk is built
+from) adds ``--cmn-min-energy`` (default 50): ``OnlineCmvn::GetFrame`` updates
+the statistics only for frames whose c0 is above it, and any other frame is
+normalised with what the previous call left (see
+:meth:`OnlineIvectorExtractor.posterior_features`); ``cmn_min_energy=None`` is
+upstream Kaldi.  Silence weighting (frames the decoder currently takes for
+silence count 0.001) comes from :mod:`kprune.nnet.streaming` through
+:meth:`IvectorStream.update_weights`.
 """
 
 from __future__ import annotations
@@ -205,6 +213,9 @@ class IvectorConfig:
     cmn_window: int = 600
     speaker_frames: int = 600
     global_frames: int = 200
+    # Vosk's Kaldi (alphacep/kaldi) adds --cmn-min-energy (default 50) to OnlineCmvnOptions: a frame whose
+    # c0 is not above it keeps the statistics of the previous OnlineCmvn::GetFrame call.  None: upstream Kaldi.
+    cmn_min_energy: float | None = 50.0
     normalize_mean: bool = True
     normalize_variance: bool = False
     left_context: int = 4
@@ -224,6 +235,7 @@ _CONF_KEYS = {
     "posterior-scale": "posterior_scale", "max-count": "max_count", "num-cg-iters": "num_cg_iters",
     "use-most-recent-ivector": "use_most_recent_ivector",
     "cmn-window": "cmn_window", "speaker-frames": "speaker_frames", "global-frames": "global_frames",
+    "cmn-min-energy": "cmn_min_energy",
     "norm-means": "normalize_mean", "norm-vars": "normalize_variance",
     "left-context": "left_context", "right-context": "right_context",
 }
@@ -246,7 +258,9 @@ def _apply_conf(cfg: IvectorConfig, path: Path) -> None:
             raise ConfigError(f"{path}: unknown option --{key} for online i-vector extraction")
         kind = types[name]
         try:
-            if kind in (bool, "bool"):
+            if name == "cmn_min_energy":
+                parsed = float(value)
+            elif kind in (bool, "bool"):
                 parsed = value.lower() in ("true", "1")
             elif kind in (int, "int"):
                 parsed = int(value)
@@ -333,6 +347,56 @@ class OnlineIvectorExtractor:
         counts = counts + scale * g_count
         return (x - sums / counts[:, None]).astype(np.float32)
 
+    def posterior_features(self, feats: np.ndarray) -> np.ndarray:
+        """``LDA(splice(OnlineCmvn(feats)))``, the features the UBM posteriors are computed on.
+
+        Without ``cmn_min_energy`` this is ``lda_features(online_cmvn(feats))``.
+        With it (Vosk's Kaldi), ``OnlineCmvn::GetFrame`` computes the window
+        statistics only for a frame whose c0 is above ``cmn_min_energy``; any
+        other frame reuses the statistics the previous call left, and smooths
+        them with the global statistics once more (``SmoothOnlineCmvnStats``
+        works in place).  What a frame gets therefore depends on the order of
+        the calls, which is the splicing's: output frames in increasing order
+        (``OnlineIvectorFeature`` asks ``lda_normalized_`` for each frame once,
+        in order), each reading frames ``t - left .. t + right`` clamped to the
+        utterance.
+        """
+        threshold = self.config.cmn_min_energy
+        if threshold is None:
+            return self.lda_features(self.online_cmvn(feats))
+        x = np.asarray(feats, dtype=np.float64)
+        T, D = x.shape
+        cfg = self.config
+        window, top = float(cfg.cmn_window), float(cfg.global_frames)
+        g_sum, g_count = self.global_cmvn[0, :D], float(self.global_cmvn[0, D])
+        # Raw window statistics of every frame (OnlineCmvn::ComputeStatsForFrame).
+        csum = np.cumsum(x, axis=0)
+        sums = csum.copy()
+        if T > cfg.cmn_window:
+            sums[cfg.cmn_window:] -= csum[:-cfg.cmn_window]
+        counts = np.minimum(np.arange(1, T + 1), cfg.cmn_window).astype(np.float64)
+        # The calls, in order: frame t of the splice reads t - left .. t + right.
+        offsets = np.arange(-cfg.left_context, cfg.right_context + 1)
+        calls = np.clip(np.arange(T)[:, None] + offsets[None, :], 0, T - 1).reshape(-1)
+        fresh = x[calls, 0] > threshold
+        # Each call smooths the statistics once; a call without fresh statistics smooths those of the
+        # last fresh call again (or the initial zeros), once per call since.
+        idx = np.arange(len(calls))
+        last = np.maximum.accumulate(np.where(fresh, idx, -1))
+        times = (idx - last + 1).astype(np.float64)  # smoothings applied to the base statistics
+        has_base = last >= 0
+        base_frame = calls[np.maximum(last, 0)]
+        base_sum = np.where(has_base[:, None], sums[base_frame], 0.0)
+        base_count = np.where(has_base, counts[base_frame], 0.0)
+        # SmoothOnlineCmvnStats adds min(window - count, global_frames) frames of global stats while count < window.
+        new_count = np.where(base_count < window, np.minimum(base_count + top * times, window), base_count)
+        stats_sum = base_sum + ((new_count - base_count) / g_count)[:, None] * g_sum
+        # ApplyCmvn: the offset -mean in float, added to the float features.
+        offset = (-stats_sum / new_count[:, None]).astype(np.float32)
+        normalized = (x[calls].astype(np.float32) + offset).astype(np.float64)
+        spliced = normalized.reshape(T, len(offsets) * D)
+        return spliced @ self.lda_linear.T + self.lda_offset
+
     def lda_features(self, feats: np.ndarray) -> np.ndarray:
         """``LDA(splice(feats))``; edge frames repeat, as ``OnlineSpliceFrames`` pads."""
         x = np.asarray(feats, dtype=np.float64)
@@ -374,6 +438,26 @@ class OnlineIvectorExtractor:
         """One i-vector every ``period`` frames (rows for frames 0, P, 2P, ...), as ``ivector-extract-online2``."""
         period = period or self.config.ivector_period
         return self.ivectors_at(mfcc, np.arange(0, len(mfcc), period))
+
+
+def posterior_entries(top_loglikes: np.ndarray, min_post: np.ndarray) -> np.ndarray:
+    """Kaldi's ``VectorToPosteriorEntry`` (``src/hmm/posterior.cc``) for frames whose best Gaussians are known.
+
+    ``top_loglikes`` is ``[N, k]``: each frame's ``num_gselect`` best UBM
+    log-likelihoods, best first, minus the frame's best; ``min_post`` is ``[N]``.
+    Kaldi keeps the Gaussians within ``log(min_post)`` of the best, takes the
+    ``num_gselect`` best of them, then drops from the worst end those below
+    ``min_post`` times the sum of what it took (at least one stays), and
+    normalises what is left to sum to 1.  Returns ``[N, k]`` posteriors (0 where dropped).
+    """
+    rel = np.exp(top_loglikes)
+    min_post = np.asarray(min_post, dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore"):  # min_post 0: no pruning
+        kept = np.where(top_loglikes > np.log(min_post), rel, 0.0)
+    cutoff = min_post * kept.sum(axis=1, keepdims=True)
+    kept = np.where(kept >= cutoff, kept, 0.0)
+    kept[:, 0] = rel[:, 0]
+    return kept / kept.sum(axis=1, keepdims=True)
 
 
 def linear_cgd(A: np.ndarray, b: np.ndarray, x0: np.ndarray, max_iters: int,
@@ -430,17 +514,17 @@ class IvectorStream:
         mfcc = np.asarray(mfcc, dtype=np.float32)
         self.num_frames = len(mfcc)
         self._raw = extractor.lda_features(mfcc).astype(np.float32).astype(np.float64)
-        normalized = extractor.lda_features(extractor.online_cmvn(mfcc)).astype(np.float32)
+        normalized = extractor.posterior_features(mfcc).astype(np.float32)
         loglikes = extractor.ubm.log_likelihoods(normalized).astype(np.float32).astype(np.float64)
         loglikes -= loglikes.max(axis=1, keepdims=True)
-        probs = np.exp(loglikes)
-        probs /= probs.sum(axis=1, keepdims=True)
-        k = min(extractor.config.num_gselect, probs.shape[1])
-        top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        top_p = np.take_along_axis(probs, top, axis=1)
-        order = np.argsort(-top_p, axis=1, kind="stable")
+        # VectorToPosteriorEntry keeps at most num_gselect Gaussians, the best first, as
+        # exp(loglike - max): whatever min_post a frame's weight gives, its posteriors come from these.
+        k = min(extractor.config.num_gselect, loglikes.shape[1])
+        top = np.argpartition(-loglikes, k - 1, axis=1)[:, :k]
+        top_l = np.take_along_axis(loglikes, top, axis=1)
+        order = np.argsort(-top_l, axis=1, kind="stable")
         self._top = np.take_along_axis(top, order, axis=1)
-        self._top_p = np.take_along_axis(top_p, order, axis=1)
+        self._top_l = np.take_along_axis(top_l, order, axis=1)
         ex = extractor.extractor
         S = ex.ivector_dim
         self._linear = np.zeros(S)
@@ -488,17 +572,14 @@ class IvectorStream:
         cfg, ex = self.extractor.config, self.extractor.extractor
         frames = np.array([f for f, _ in items])
         w = np.array([w for _, w in items])
-        min_post = np.minimum(cfg.min_post / np.abs(w), 0.99)
-        top_p = self._top_p[frames]
-        keep = top_p >= min_post[:, None]
-        keep[:, 0] = True
-        post = np.where(keep, top_p, 0.0)
-        post = post / post.sum(axis=1, keepdims=True) * (cfg.posterior_scale * w)[:, None]
+        post = posterior_entries(self._top_l[frames], np.minimum(cfg.min_post / np.abs(w), 0.99))
+        post *= (cfg.posterior_scale * w)[:, None]
         G, S = ex.num_gauss, ex.ivector_dim
         dense = np.zeros((len(frames), G))
         np.put_along_axis(dense, self._top[frames], post, axis=1)
         gamma = dense.sum(axis=0)
-        used = np.flatnonzero(gamma != 0.0) if np.any(dense) else np.zeros(0, dtype=np.int64)
+        # Every Gaussian with a posterior counts, even if its weights sum to 0 (+w and -w frames).
+        used = np.flatnonzero((dense != 0.0).any(axis=0))
         first_order = dense[:, used].T @ self._raw[frames]  # [used, D]
         self._linear += np.einsum("gd,gds->s", first_order, ex.sigma_inv_m[used])
         self._quadratic += np.tensordot(gamma[used], ex.U[used], axes=1)

@@ -11,20 +11,28 @@ would:
 * audio arrives in pieces of ``piece_samples`` (what the caller hands to
   ``AcceptWaveform``), which Vosk splits into 0.2 s steps; after each step it
   updates the silence weights from the decoder's current best path
-  (``OnlineSilenceWeighting``) and decodes every frame that is ready;
-* the network runs in chunks of ``frames_per_chunk`` frames (Kaldi's looped
-  decodable: 20, rounded up to a multiple of the frame subsampling factor);
-  a chunk is computed once ``(c + 1) * frames_per_chunk + right_context``
-  feature frames are ready, with the i-vector of frame ``ready - 1`` (capped
-  by the 3 frames the i-vector splicing waits for); at the end of the input
-  the rest is computed with the final i-vector;
-* in the looped computation a layer's frame is computed by the first chunk
-  that needs it, with that chunk's i-vector; here the network reads a
-  per-frame i-vector that follows the same rule.
+  (``Recognizer::UpdateSilenceWeights``: ``OnlineSilenceWeighting`` given the
+  pipeline's ``NumFramesReady()``, which is the i-vector's, 3 frames behind the
+  MFCCs until the input ends) and decodes every frame that is ready;
+* the network runs in chunks of ``frames_per_chunk`` frames (the looped
+  decodable's, rounded up to a multiple of the frame subsampling factor; Vosk
+  0.3.45's default is 24, upstream Kaldi's 20); a chunk is computed once
+  ``(c + 1) * frames_per_chunk + right_context`` feature frames are ready, with
+  the i-vector of frame ``ready - 1`` capped by the frames the i-vector's
+  splicing waits for (``DecodableNnetLoopedOnlineBase::AdvanceChunk``); at the
+  end of the input the rest is computed with the final i-vector;
+* in the looped computation (``DecodableNnetSimpleLoopedInfo::Init``) the
+  network's ``ReplaceIndex(ivector, t, 0)`` becomes ``Round(ivector,
+  frames_per_chunk)``, and each chunk supplies the i-vectors of the rounded
+  times among its own input frames (``CreateLoopedComputationRequest``): a
+  layer reading the i-vector at time t sees the i-vector of the chunk whose
+  input frames contain ``t - t mod frames_per_chunk``.  Here the network reads
+  a per-frame i-vector that follows the same rule (:meth:`VoskReplay.ivector_chunk`).
 
-What differs from Vosk: the decoder is ``FasterDecoder`` (best path) where
-Vosk keeps a lattice and takes its minimum-Bayes-risk path (with the graph
-scaled by 0.9), and MFCCs are computed without dither.
+What differs from Vosk: the decoder is ``FasterDecoder`` over a static graph,
+where Vosk searches the lookahead composition of ``HCLr.fst`` and ``Gr.fst``
+with its lattice decoder; complete paths cost the same, but the best partial
+path (what silence weighting reads) can differ, and with it the i-vectors.
 """
 
 from __future__ import annotations
@@ -68,10 +76,10 @@ class StreamingOptions:
 
     piece_samples: int = 8000  # what one AcceptWaveform call gets (0.5 s at 16 kHz)
     step_samples: int = 3200  # Vosk splits each call in 0.2 s steps
-    frames_per_chunk: int = 20  # --frames-per-chunk of the looped decodable
+    frames_per_chunk: int = 24  # --frames-per-chunk of the looped decodable (Vosk 0.3.45's default)
     silence_weight: float = 1e-3
     silence_phones: frozenset[int] = frozenset()
-    ivector_splice_right: int = 3  # frames the i-vector's splicing waits for
+    ivector_splice_right: int | None = None  # frames the i-vector's splicing waits for (None: splice.conf's)
     frame_length_samples: int = 400
     frame_shift_samples: int = 160
 
@@ -82,6 +90,7 @@ class SilenceWeighting:
     def __init__(self, tid2phone: np.ndarray, silence_phones: set[int] | frozenset[int], weight: float, fss: int):
         self.tid2phone = tid2phone
         self.silence = np.zeros(int(tid2phone.max()) + 1, dtype=bool)
+        self.num_silence_phones = len(set(silence_phones))
         for p in silence_phones:
             if 0 <= p < len(self.silence):
                 self.silence[p] = True
@@ -92,7 +101,8 @@ class SilenceWeighting:
 
     @property
     def active(self) -> bool:
-        return self.weight != 1.0 and bool(self.silence.any())
+        # OnlineSilenceWeighting::Active(): a nonempty list, whether or not its phones occur.
+        return self.weight != 1.0 and self.num_silence_phones > 0
 
     def set_traceback(self, tids: Sequence[int]) -> None:
         if len(self.tids) < len(tids):
@@ -162,9 +172,20 @@ class VoskReplay:
         fss = model.frame_subsampling_factor
         self.fpc = fss * math.ceil(self.options.frames_per_chunk / fss)
         self.rows_per_chunk = self.fpc // fss
-        # A chunk computes the i-vector reader's frames up to its last output + this lag.
-        self.lag = self.fpc - fss + model.ivector_right_context
+        # Kaldi's looped decodable (DecodableNnetSimpleLoopedInfo::Init) rewrites the network's
+        # ReplaceIndex(ivector, t, 0) as Round(ivector, frames_per_chunk): a reader at time t reads
+        # the i-vector of time T = t - t mod fpc, and CreateLoopedComputationRequest supplies the
+        # i-vector of time T with the first chunk whose input frames contain T (chunk 0's run from
+        # -left_context to fpc + right_context, chunk c's from c * fpc + right_context on).
+        self.input_right_context = model.right_context
+        self.ivector_splice_right = (extractor.config.right_context if self.options.ivector_splice_right is None
+                                     else self.options.ivector_splice_right)
         self.tid2phone = transition_id_to_phone(model.file.transition_model)
+
+    def ivector_chunk(self, times: np.ndarray) -> np.ndarray:
+        """The chunk whose i-vector a reader at each of ``times`` sees in Kaldi's looped computation."""
+        rounded = np.floor_divide(times, self.fpc) * self.fpc
+        return np.maximum(0, np.floor_divide(rounded - self.input_right_context, self.fpc))
 
     def _steps(self, num_samples: int, num_frames: int) -> list[tuple[int, bool]]:
         o = self.options
@@ -200,9 +221,14 @@ class VoskReplay:
 
     def _step(self, u: _Utterance, ready: int, finished: bool) -> Segment | None:
         """One Vosk step: silence weights, then the chunks that became computable (as a segment)."""
-        if self.options.silence_phones and u.weighting.active and ready > 0:
+        # What the i-vector can read: the splicing before its LDA waits for its right context
+        # until the input ends (OnlineSpliceFrames::NumFramesReady).
+        ivec_ready = ready if finished else max(0, ready - self.ivector_splice_right)
+        # Recognizer::UpdateSilenceWeights gives GetDeltaWeights the pipeline's NumFramesReady(), which is
+        # the input features appended to the i-vector (OnlineAppendFeature): the i-vector's frames.
+        if self.options.silence_phones and u.weighting.active and ivec_ready > 0:
             u.weighting.set_traceback(u.stream.traceback())
-            u.ivectors.update_weights(u.weighting.delta_weights(ready))
+            u.ivectors.update_weights(u.weighting.delta_weights(ivec_ready))
         if finished:
             rows_ready = u.total_rows
         else:
@@ -212,17 +238,15 @@ class VoskReplay:
             return None
         first = len(u.chunk_ivectors)
         last = math.ceil(rows_ready / self.rows_per_chunk)
-        ivec_ready = ready if finished else max(0, ready - self.options.ivector_splice_right)
         for _ in range(first, last):
             if ivec_ready > 0:
                 u.chunk_ivectors.append(u.ivectors.get(min(ready - 1, ivec_ready - 1)))
             else:
                 u.chunk_ivectors.append(np.zeros(self.model.ivector_dim, dtype=np.float32))
-        # A per-frame i-vector for every time the new rows read: chunk c covers
-        # reader times up to c * fpc + lag.
+        # A per-frame i-vector for every time the new rows read (see __init__).
         start_time = -self.model.left_context
         end_time = (rows_ready - 1) * self.model.frame_subsampling_factor + self.model.right_context
         times = np.arange(start_time, end_time + 1)
-        chunk = np.clip(np.ceil((times - self.lag) / self.fpc).astype(np.int64), 0, len(u.chunk_ivectors) - 1)
+        chunk = np.clip(self.ivector_chunk(times), 0, len(u.chunk_ivectors) - 1)
         table = np.stack(u.chunk_ivectors)[chunk]
         return Segment(u.feats, u.rows_done, rows_ready - u.rows_done, table, ivector_start=start_time, utt=u.index)

@@ -7,7 +7,7 @@ import pytest
 
 from kprune.errors import ConfigError, KaldiFormatError
 from kprune.features.ivector import (DiagGmm, IvectorConfig, IvectorExtractor, IvectorStream, OnlineIvectorExtractor,
-                                     linear_cgd, read_diag_gmm)
+                                     linear_cgd, posterior_entries, read_diag_gmm)
 
 rng = np.random.default_rng(3)
 D, G, S = 2, 3, 4  # feature dim, Gaussians, i-vector dim
@@ -22,7 +22,9 @@ def tiny(config: IvectorConfig | None = None) -> OnlineIvectorExtractor:
     M = rng.standard_normal((G, D, S))
     sigma_inv = np.stack([np.diag(rng.uniform(0.5, 2.0, D)) for _ in range(G)])
     extractor = IvectorExtractor(M, sigma_inv, prior_offset=10.0)
-    cfg = config or IvectorConfig(left_context=0, right_context=0, num_gselect=2, min_post=0.0, num_cg_iters=50)
+    # Upstream Kaldi's CMVN (no --cmn-min-energy): the statistics tests below write its math out.
+    cfg = config or IvectorConfig(left_context=0, right_context=0, num_gselect=2, min_post=0.0, num_cg_iters=50,
+                                  cmn_min_energy=None)
     global_cmvn = np.array([[4.0, -2.0, 2.0], [0.0, 0.0, 0.0]])  # mean (2, -1) over 2 frames
     return OnlineIvectorExtractor(ubm, extractor, np.eye(D), global_cmvn, cfg, "tiny")
 
@@ -38,6 +40,60 @@ def test_online_cmvn_window_and_global_top_up():
         g = min(3 - n, 2)  # frames of global stats (mean (2, -1)) that top the window up to 3
         mean = (window.sum(0) + g * np.array([2.0, -1.0])) / (n + g)
         np.testing.assert_allclose(out[t], x[t] - mean, rtol=1e-5, atol=1e-6)
+
+
+def reference_vosk_cmvn(ex: OnlineIvectorExtractor, x: np.ndarray) -> np.ndarray:
+    """Vosk's OnlineCmvn::GetFrame, call by call, in the splicing's order: spliced normalised frames [T, (L+1+R)*D]."""
+    cfg = ex.config
+    T, D = x.shape
+    g_sum, g_count = ex.global_cmvn[0, :D], ex.global_cmvn[0, D]
+    stats_sum, stats_count = np.zeros(D), 0.0  # temp_stats_, zero at construction
+    out = []
+    for t in range(T):
+        row = []
+        for t2 in range(t - cfg.left_context, t + cfg.right_context + 1):
+            f = min(max(t2, 0), T - 1)
+            if x[f, 0] > cfg.cmn_min_energy:  # ComputeStatsForFrame: the window ending at f
+                lo = max(0, f - cfg.cmn_window + 1)
+                stats_sum, stats_count = x[lo:f + 1].astype(np.float64).sum(0), float(f + 1 - lo)
+            if stats_count < cfg.cmn_window:  # SmoothOnlineCmvnStats, in place
+                add = min(cfg.cmn_window - stats_count, cfg.global_frames)
+                stats_sum, stats_count = stats_sum + add / g_count * g_sum, stats_count + add
+            row.append(x[f] - stats_sum / stats_count)
+        out.append(np.concatenate(row))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_cmn_min_energy_keeps_the_previous_calls_statistics(context):
+    cfg = IvectorConfig(left_context=context, right_context=context, cmn_window=5, global_frames=3,
+                        cmn_min_energy=50.0)
+    base = tiny()
+    lda = rng.standard_normal((D, D * (2 * context + 1)))  # every spliced frame counts
+    ex = OnlineIvectorExtractor(base.ubm, base.extractor, lda, base.global_cmvn, cfg)
+    x = rng.standard_normal((12, D)).astype(np.float32)
+    x[:, 0] += np.array([40, 45, 60, 70, 49, 48, 47, 80, 90, 30, 30, 65])  # c0 below 50: statistics not updated
+    want = reference_vosk_cmvn(ex, x) @ ex.lda_linear.T
+    np.testing.assert_allclose(ex.posterior_features(x), want, rtol=1e-5, atol=1e-5)
+    # Without the threshold (upstream Kaldi) every frame is normalised with its own window.
+    cfg.cmn_min_energy = None
+    np.testing.assert_allclose(ex.posterior_features(x), ex.lda_features(ex.online_cmvn(x)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(ex.posterior_features(x), want, atol=1e-3)
+
+
+def test_posterior_entries_follow_vector_to_posterior_entry():
+    # Kaldi prunes relative to the best Gaussian and to the sum of those it keeps, not to all Gaussians:
+    # a second Gaussian at exp(-3) = 0.0498 of the best stays with min_post 0.025 (cutoff 0.025 * 1.0498),
+    # however much mass Gaussians beyond the num_gselect best have.
+    top = np.array([[0.0, -3.0, -4.0, -4.0, -4.0]])
+    np.testing.assert_allclose(posterior_entries(top, np.array([0.025])),
+                               [[1 / (1 + np.exp(-3)), np.exp(-3) / (1 + np.exp(-3)), 0, 0, 0]], rtol=1e-12)
+    # A near tie with min_post 0.99 (a frame of weight 0.001): both pass the first cut, the second is
+    # then below 0.99 times their sum, so only the best stays.
+    np.testing.assert_array_equal(posterior_entries(np.array([[0.0, -0.005]]), np.array([0.99])), [[1.0, 0.0]])
+    # min_post 0: the num_gselect best, normalised.
+    p = posterior_entries(np.array([[0.0, -1.0, -2.0]]), np.array([0.0]))
+    np.testing.assert_allclose(p, np.exp([[0.0, -1.0, -2.0]]) / np.exp([0.0, -1.0, -2.0]).sum(), rtol=1e-12)
 
 
 def test_splice_pads_with_edge_frames():
@@ -155,3 +211,11 @@ def test_missing_and_bad_files(tmp_path, vosk_model_dir):
         (tmp_path / name).write_bytes((vosk_model_dir / "ivector" / name).read_bytes())
     with pytest.raises(ConfigError, match="unknown option --frobnicate"):
         OnlineIvectorExtractor.load(tmp_path)
+
+
+def test_cmn_min_energy_option(tmp_path, vosk_model_dir):
+    for name in ("final.dubm", "final.ie", "final.mat", "global_cmvn.stats", "splice.conf"):
+        (tmp_path / name).write_bytes((vosk_model_dir / "ivector" / name).read_bytes())
+    assert OnlineIvectorExtractor.load(tmp_path).config.cmn_min_energy == 50.0  # Vosk's default
+    (tmp_path / "online_cmvn.conf").write_text("--cmn-min-energy=42.5\n")
+    assert OnlineIvectorExtractor.load(tmp_path).config.cmn_min_energy == 42.5

@@ -53,3 +53,51 @@ def test_phones_of_the_real_transition_model(real_model_path):
     table = transition_id_to_phone(tm)
     assert len(table) == len(tm.transition_id_to_pdf()) == 11887
     assert table[1] == table[2] == 1 and table.max() == 194
+
+
+def test_silence_weighting_is_active_for_any_nonempty_phone_list():
+    # OnlineSilenceWeighting::Active() looks at the list, not at whether its phones occur in the model.
+    sw = SilenceWeighting(TID2PHONE, {9999}, 0.001, fss=3)
+    assert sw.active
+    deltas = sw.delta_weights(num_frames_ready=3)  # no traceback yet: the silence weight
+    assert all(w == pytest.approx(0.001) for _, w in deltas)
+
+
+def kaldi_ivector_chunk(fpc: int, left: int, right: int, num_chunks: int) -> dict[int, int]:
+    """CreateLoopedComputationRequest: which chunk supplies the i-vector of each rounded time."""
+    owner: dict[int, int] = {}
+    for c in range(num_chunks):
+        begin, end = (-left, fpc + right) if c == 0 else (c * fpc + right, (c + 1) * fpc + right)
+        for t in range(begin, end):
+            owner.setdefault(t - t % fpc, c)
+    return owner
+
+
+@pytest.mark.parametrize("fpc,right", [(24, 34), (21, 34), (9, 4)])
+def test_ivector_chunk_follows_the_looped_computation(fpc, right):
+    replay = VoskReplay.__new__(VoskReplay)
+    replay.fpc, replay.input_right_context = fpc, right
+    owner = kaldi_ivector_chunk(fpc, 34, right, num_chunks=40)
+    times = np.arange(-34, 30 * fpc)
+    # A reader at time t reads Round(ivector, fpc): the i-vector of t - t mod fpc, from the chunk that supplied it.
+    assert replay.ivector_chunk(times).tolist() == [owner[t - t % fpc] for t in times]
+
+
+def test_silence_weights_are_given_for_the_ivector_frames():
+    from types import SimpleNamespace
+
+    seen = []
+    replay = VoskReplay.__new__(VoskReplay)
+    replay.options = StreamingOptions(silence_phones=frozenset({1}))
+    replay.ivector_splice_right, replay.fpc, replay.rows_per_chunk = 3, 24, 8
+    replay.model = SimpleNamespace(right_context=34)
+    u = SimpleNamespace(weighting=SimpleNamespace(active=True, set_traceback=lambda tids: None,
+                                                  delta_weights=lambda n: seen.append(n) or []),
+                        stream=SimpleNamespace(traceback=list),
+                        ivectors=SimpleNamespace(update_weights=lambda d: None), total_rows=0, rows_done=0)
+    replay._step(u, 38, False)
+    replay._step(u, 3, False)  # nothing the i-vector can read yet: no weights
+    replay._step(u, 100, True)
+    # Recognizer::UpdateSilenceWeights passes the pipeline's NumFramesReady(): the MFCCs appended to the
+    # i-vector, which waits for the splicing's right context until the input ends.
+    assert seen == [35, 100]
