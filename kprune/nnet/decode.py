@@ -27,14 +27,17 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -231,6 +234,62 @@ class GraphDecoder:
         self.num_pdfs = int(tid2pdf.max()) + 1
         self._opts = kaldi_decoder.FasterDecoderOptions(beam=self.options.beam, max_active=self.options.max_active,
                                                        min_active=self.options.min_active)
+        # FasterDecoder::GetBestPath(use_final_probs=false) still restricts itself to final states once one is
+        # active; a partial traceback (Vosk's BestPathEnd(false): the best token, final costs ignored) is read
+        # with the graph's final weights taken off (_finals_mode).  Streams in other threads share the graph.
+        self._finals_lock = threading.RLock()
+        self._finals: list[tuple[int, Any]] | None = None  # (state, final weight) of the final states
+        self._finals_on = True
+        self._start_sources: dict[int, tuple[float, dict[int, list[float]]]] | None = None
+
+    def _final_states(self) -> list[tuple[int, Any]]:
+        if self._finals is None:
+            start = time.perf_counter()
+            final, out = self.fst.final, []
+            for s in range(self.fst.num_states):
+                w = final(s)
+                if w.value != math.inf:
+                    out.append((s, w))
+            self._finals = out
+            log.info("%d final states of %s listed in %.1f s", len(out), self.fst_path, time.perf_counter() - start)
+        return self._finals
+
+    @contextmanager
+    def _finals_mode(self, on: bool) -> Iterator[None]:
+        """The graph with (``on``) or without its final weights while the block runs (one block at a time)."""
+        with self._finals_lock:
+            if self._finals_on != on:
+                finals = self._final_states()
+                self._finals_on = None  # half done, should this fail
+                zero = self._kf.TropicalWeight(math.inf)
+                for s, w in finals:
+                    self.fst.set_final(s, w if on else zero)
+                self._finals_on = on
+            yield
+
+    def start_sources(self) -> dict[int, tuple[float, dict[int, list[float]]]]:
+        """The states the first frame's arcs leave from: the start state's epsilon closure, each with its best
+        cost from the start and its arcs' weights by transition id."""
+        if self._start_sources is None:
+            from kaldifst import ArcIterator
+
+            best, stack = {self.fst.start: 0.0}, [self.fst.start]
+            while stack:
+                s = stack.pop()
+                for arc in ArcIterator(self.fst, s):
+                    cost = best[s] + arc.weight.value
+                    if arc.ilabel == 0 and cost < best.get(arc.nextstate, math.inf):
+                        best[arc.nextstate] = cost
+                        stack.append(arc.nextstate)
+            sources = {}
+            for s, cost in best.items():
+                arcs: dict[int, list[float]] = {}
+                for arc in ArcIterator(self.fst, s):
+                    if arc.ilabel != 0:
+                        arcs.setdefault(arc.ilabel, []).append(arc.weight.value)
+                sources[s] = (cost, arcs)
+            self._start_sources = sources
+        return self._start_sources
 
     def expand(self, loglikes: np.ndarray) -> np.ndarray:
         """``[frames, pdfs]`` -> ``[frames, transition ids]`` (column ``tid - 1``), float32 C-contiguous."""
@@ -244,10 +303,11 @@ class GraphDecoder:
         from kprune.nnet import lattice
 
         o = self.options
-        dec = self._kd.LatticeSimpleDecoder(self.fst, self._kd.LatticeSimpleDecoderConfig(
-            beam=o.beam, lattice_beam=o.lattice_beam))
-        dec.decode(self._kd.DecodableCtc(self.expand(loglikes), 0))
-        ok, raw = dec.get_raw_lattice(True)
+        with self._finals_mode(True):
+            dec = self._kd.LatticeSimpleDecoder(self.fst, self._kd.LatticeSimpleDecoderConfig(
+                beam=o.beam, lattice_beam=o.lattice_beam))
+            dec.decode(self._kd.DecodableCtc(self.expand(loglikes), 0))
+            ok, raw = dec.get_raw_lattice(True)
         if not ok:
             return []
         words = lattice.determinize(lattice.prune(lattice.raw_lattice(raw), o.lattice_beam))
@@ -301,16 +361,59 @@ class DecodeStream:
 
     def traceback(self) -> list[int]:
         """Transition ids of the current best partial path (one per decoded frame), without final costs."""
+        return self.partial_path()[0]
+
+    def partial_path(self) -> tuple[list[int], list[tuple]]:
+        """The best partial path as Kaldi's online silence weighting reads it: the transition id of each decoded
+        frame, and for each frame a key of the decoder token its arc leaves from.
+
+        The path ends in the best token of the last frame, final costs ignored
+        (``LatticeIncrementalOnlineDecoder::BestPathEnd(false)``).  The keys
+        stand in for the token pointers that ``OnlineSilenceWeighting::
+        ComputeCurrentTraceback`` compares (see :class:`~kprune.nnet.streaming.SilenceWeighting`):
+        the labels and the cost of the path before the frame's arc; for the
+        first frame, the state of the start's epsilon closure the arc leaves.
+        """
         if self._dec.num_frames_decoded() == 0:
-            return []
-        ok, lattice = self._dec.get_best_path(False)
+            return [], []
+        with self.decoder._finals_mode(False):
+            ok, lattice = self._dec.get_best_path(False)
         if not ok:
-            return []
-        return list(self.decoder._kf.get_linear_symbol_sequence(lattice)[1])
+            return [], []
+        from kaldifst.lib import _kaldifst
+
+        tids: list[int] = []
+        keys: list[tuple] = []
+        labels, cost, graph_cost, state = 0, 0.0, 0.0, lattice.start
+        while True:
+            it = _kaldifst._ArcIteratorLattice(lattice, state)
+            if it.done:
+                break
+            arc = it.value
+            if arc.ilabel != 0:
+                if not tids:
+                    keys.append(("start", self._first_source(arc.ilabel, graph_cost + arc.weight.value1)))
+                else:
+                    keys.append((labels, cost))
+                tids.append(arc.ilabel)
+            cost += arc.weight.value1 + arc.weight.value2
+            graph_cost += arc.weight.value1
+            labels = hash((labels, arc.ilabel, arc.olabel))
+            state = arc.nextstate
+        return tids, keys
+
+    def _first_source(self, tid: int, graph_cost: float) -> int | None:
+        """The start-closure state whose arc ``tid`` the path's graph cost up to its first frame fits."""
+        fits = [s for s, (c, arcs) in self.decoder.start_sources().items()
+                if any(abs(c + w - graph_cost) < 1e-3 for w in arcs.get(tid, ()))]
+        if not fits:
+            fits = [s for s, (_, arcs) in self.decoder.start_sources().items() if tid in arcs]
+        return min(fits) if fits else None
 
     def finish(self) -> DecodeResult:
-        reached = bool(self._dec.reached_final())
-        ok, lattice = self._dec.get_best_path(True)
+        with self.decoder._finals_mode(True):
+            reached = bool(self._dec.reached_final())
+            ok, lattice = self._dec.get_best_path(True)
         if not ok:
             return DecodeResult([], [], reached, float("inf"))
         _, tids, words, weight = self.decoder._kf.get_linear_symbol_sequence(lattice)

@@ -98,18 +98,37 @@ class SilenceWeighting:
         self.fss = fss
         self.tids: list[int] = []  # per decoder frame; -1 = no traceback yet
         self.current: list[float] = []
+        self._keys: list[tuple | None] = []  # per decoder frame: the token its arc left from, when last written
 
     @property
     def active(self) -> bool:
         # OnlineSilenceWeighting::Active(): a nonempty list, whether or not its phones occur.
         return self.weight != 1.0 and self.num_silence_phones > 0
 
-    def set_traceback(self, tids: Sequence[int]) -> None:
+    def set_traceback(self, tids: Sequence[int], keys: Sequence[tuple] | None = None) -> None:
+        """The decoder's current best path (a transition id per decoder frame).
+
+        With ``keys`` (:meth:`DecodeStream.partial_path`), as Kaldi's
+        ``ComputeCurrentTraceback`` does: it walks back from the last frame and
+        stops at the first frame whose arc leaves the token that the traceback
+        which last wrote that frame stored for it.  That frame keeps its old
+        transition id, even where the new path takes another arc from the same
+        token.
+        """
         if len(self.tids) < len(tids):
             grow = len(tids) - len(self.tids)
             self.tids.extend([-1] * grow)
             self.current.extend([0.0] * grow)
-        self.tids[:len(tids)] = list(tids)
+        if keys is None:
+            self.tids[:len(tids)] = list(tids)
+            return
+        if len(self._keys) < len(tids):
+            self._keys.extend([None] * (len(tids) - len(self._keys)))
+        for frame in range(len(tids) - 1, -1, -1):
+            if _same_token(self._keys[frame], keys[frame]):
+                break
+            self._keys[frame] = keys[frame]
+            self.tids[frame] = int(tids[frame])
 
     def delta_weights(self, num_frames_ready: int) -> list[tuple[int, float]]:
         """``GetDeltaWeights``: weight changes for input frames, as (frame, delta)."""
@@ -142,6 +161,15 @@ class SilenceWeighting:
             if diff != 0.0 or i + 1 == n_out:
                 deltas.extend((frame * fss + j, diff) for j in range(fss))
         return deltas
+
+
+def _same_token(old: tuple | None, new: tuple) -> bool:
+    """Whether two keys of :meth:`DecodeStream.partial_path` name the same token (costs up to rounding)."""
+    if old is None or old[0] != new[0]:
+        return False
+    if old[0] == "start":
+        return old[1] == new[1]
+    return abs(old[1] - new[1]) < 1e-3
 
 
 @dataclass
@@ -227,7 +255,7 @@ class VoskReplay:
         # Recognizer::UpdateSilenceWeights gives GetDeltaWeights the pipeline's NumFramesReady(), which is
         # the input features appended to the i-vector (OnlineAppendFeature): the i-vector's frames.
         if self.options.silence_phones and u.weighting.active and ivec_ready > 0:
-            u.weighting.set_traceback(u.stream.traceback())
+            u.weighting.set_traceback(*u.stream.partial_path())
             u.ivectors.update_weights(u.weighting.delta_weights(ivec_ready))
         if finished:
             rows_ready = u.total_rows

@@ -64,6 +64,27 @@ def test_incremental_decoding_matches_whole(hclg_dir):
     assert stream.finish().words == decoder.decode(ll).words == ["a", "b", "a"]
 
 
+def test_partial_path_ignores_final_costs(hclg_dir):
+    import kaldifst
+
+    # A final state after "a" (state 1), none after "b" (state 2); FasterDecoder::GetBestPath(false) keeps
+    # to final states once one is active, Vosk's BestPathEnd(false) takes the best token.
+    text = HCL.replace("2 3 5 0\n3 0 0 0\n", "").replace("1 0 0 0\n", "").replace("\n0\n", "\n1 3\n")
+    kaldifst.compile(text, acceptor=False).write(str(hclg_dir / "HCLG.fst"))
+    decoder = GraphDecoder(static_graph(hclg_dir), TID2PDF, DecoderOptions(beam=20.0))
+    stream = decoder.stream()
+    stream.advance(np.array([[-1.0, -2.0]] * 2, dtype=np.float32))  # "a a" costs 2 (+3 final), "b b" 4
+    assert stream.traceback() == [1, 2]
+    stream.advance(np.array([[-4.0, -1.0]] * 2, dtype=np.float32))  # "a a a a": 10, "b b b b": 6, best not final
+    with decoder._finals_mode(True):  # the partial tracebacks take the final weights off the graph
+        ok, lattice = stream._dec.get_best_path(False)
+    assert kaldifst.get_linear_symbol_sequence(lattice)[1] == [1, 2, 2, 2]  # kaldi-decoder's: a final state
+    tids, keys = stream.partial_path()
+    assert tids == [3, 4, 4, 4] and len(keys) == 4 and keys[0] == ("start", 0)
+    result = stream.finish()  # the final weights are back for the result
+    assert result.reached_final and result.transition_ids == [1, 2, 2, 2] and result.cost == pytest.approx(13.0)
+
+
 def test_mbr_result_takes_the_words_from_the_lattice(hclg_dir):
     import kaldifst
 

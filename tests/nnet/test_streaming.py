@@ -30,6 +30,23 @@ def test_traceback_sets_weights_and_later_changes_are_deltas():
     assert second == [(1, pytest.approx(0.001 - 1.0)), (4, 0.0)]  # the last frame is always reported
 
 
+def test_traceback_stops_at_the_token_stored_last_time():
+    # Kaldi's ComputeCurrentTraceback walks back from the last frame and stops at the first frame whose arc
+    # leaves the token stored there by the traceback that last wrote it: that frame keeps its transition id.
+    sw = SilenceWeighting(TID2PHONE, {1}, 0.001, fss=1)
+    start, a, b = ("start", 0), (11, 0.5), (12, 1.5)
+    sw.set_traceback([1, 1, 3], [start, a, b])
+    assert sw.tids == [1, 1, 3]
+    sw.set_traceback([1, 3, 4, 4], [start, a, (13, 2.0), (14, 3.0)])  # frame 1 leaves the same token as before
+    assert sw.tids == [1, 1, 4, 4]
+    sw.set_traceback([1, 3, 4, 4], [start, (21, 0.7), (23, 2.0), (24, 3.0)])  # other tokens back to frame 1
+    assert sw.tids == [1, 3, 4, 4]
+    sw.set_traceback([3, 3, 4, 4], [("start", 1), (31, 0.2), (32, 2.0), (14, 3.0)])  # all tokens new
+    assert sw.tids == [3, 3, 4, 4]
+    sw.set_traceback([1, 3, 4, 4], [("start", 1), (31, 0.2), (32, 2.0), (14, 3.0 + 1e-5)])  # same last token
+    assert sw.tids == [3, 3, 4, 4]
+
+
 def test_inactive_without_silence_phones():
     assert not SilenceWeighting(TID2PHONE, set(), 0.001, 1).active
     assert not SilenceWeighting(TID2PHONE, {1}, 1.0, 1).active
@@ -91,9 +108,9 @@ def test_silence_weights_are_given_for_the_ivector_frames():
     replay.options = StreamingOptions(silence_phones=frozenset({1}))
     replay.ivector_splice_right, replay.fpc, replay.rows_per_chunk = 3, 24, 8
     replay.model = SimpleNamespace(right_context=34)
-    u = SimpleNamespace(weighting=SimpleNamespace(active=True, set_traceback=lambda tids: None,
+    u = SimpleNamespace(weighting=SimpleNamespace(active=True, set_traceback=lambda tids, keys: None,
                                                   delta_weights=lambda n: seen.append(n) or []),
-                        stream=SimpleNamespace(traceback=list),
+                        stream=SimpleNamespace(partial_path=lambda: ([], [])),
                         ivectors=SimpleNamespace(update_weights=lambda d: None), total_rows=0, rows_done=0)
     replay._step(u, 38, False)
     replay._step(u, 3, False)  # nothing the i-vector can read yet: no weights
