@@ -59,6 +59,11 @@ from kprune.evaluate.normalize import Normalizer
 log = logging.getLogger(__name__)
 
 MODES = ("vosk", "offline")
+
+#: Revision of what the decode of a given model produces (features, i-vectors, replay, decoder, result).
+#: Part of the baseline cache key: bump it with any change that moves the unpruned model's transcripts,
+#: so that no sweep compares its points with a baseline decoded by older code.
+DECODE_REVISION = 2
 _HASH_BELOW = 1 << 20
 
 
@@ -250,6 +255,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         return {
             "backend": "torch",
             "format": CACHE_FORMAT,
+            "decode_revision": DECODE_REVISION,
             "model": file_digest(self.model_path),
             "model_dir": _signature(self.model_dir, ("conf", "graph", "ivector")),
             "audio": self.audio.digest,
