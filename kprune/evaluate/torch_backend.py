@@ -342,7 +342,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         timing = {"decode_seconds": time.perf_counter() - start, "audio_seconds": self.audio.seconds,
                   "load_seconds": 0.0}
         details = [f"{utt} frames={len(r.transition_ids)} cost={r.cost:.3f} final={r.reached_final}"
-                   for utt, r in zip(self.utts, results)]
+                   + (f" ({r.note})" if r.note else "") for utt, r in zip(self.utts, results)]
         return hyps, timing, details
 
     def _replay(self, replay, model, deadline: float, label: str) -> list:

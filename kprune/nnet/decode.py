@@ -298,6 +298,22 @@ class GraphDecoder:
             raise EvaluationError(f"expected log-likelihoods [frames, {self.num_pdfs} pdfs], found {list(loglikes.shape)}")
         return np.ascontiguousarray(loglikes[:, self.tid2pdf[1:]])
 
+    def lattice_searchable(self, loglikes: np.ndarray) -> bool:
+        """Whether the lattice search can prune ``loglikes``.
+
+        kaldi-decoder's ``LatticeSimpleDecoder`` has no ``--max-active``: only
+        its beam bounds the search.  Its costs are float32, so a path cost C is
+        resolved to about ``C * 2**-24``; once that reaches a tenth of the
+        lattice beam (network outputs in the millions, as some pruned networks
+        give), paths cannot be told apart, nothing is pruned, and one utterance
+        can take hours.  Such an utterance takes the best path instead.
+        """
+        loglikes = np.asarray(loglikes)
+        if not len(loglikes):
+            return True
+        bound = float(np.abs(loglikes).max()) * len(loglikes)
+        return bool(np.isfinite(bound)) and bound * 2.0 ** -24 <= 0.1 * self.options.lattice_beam
+
     def mbr_words(self, loglikes: np.ndarray) -> list[int]:
         """Vosk's transcript of one utterance: the MBR word ids of its lattice (see :mod:`kprune.nnet.lattice`)."""
         from kprune.nnet import lattice
@@ -332,6 +348,7 @@ class DecodeResult:
     transition_ids: list[int]
     reached_final: bool
     cost: float
+    note: str = ""  # why the words are not what ``options.result`` asked for, if they are not
 
 
 class DecodeStream:
@@ -417,10 +434,17 @@ class DecodeStream:
         if not ok:
             return DecodeResult([], [], reached, float("inf"))
         _, tids, words, weight = self.decoder._kf.get_linear_symbol_sequence(lattice)
+        note = ""
         if self._blocks is not None:
-            words = self.decoder.mbr_words(np.concatenate(self._blocks))
+            loglikes = np.concatenate(self._blocks)
+            if self.decoder.lattice_searchable(loglikes):
+                words = self.decoder.mbr_words(loglikes)
+            else:
+                note = "best path: outputs too large for the lattice search"
+                log.warning("%s (peak |log-likelihood| %.3g over %d frames)", note, float(np.abs(loglikes).max()),
+                            len(loglikes))
         names = self.decoder.words
-        return DecodeResult([names.get(w, f"<{w}>") for w in words], list(tids), reached, _cost(weight))
+        return DecodeResult([names.get(w, f"<{w}>") for w in words], list(tids), reached, _cost(weight), note)
 
 
 def _cost(weight) -> float:

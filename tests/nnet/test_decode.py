@@ -103,6 +103,18 @@ def test_mbr_result_takes_the_words_from_the_lattice(hclg_dir):
     assert result.transition_ids == best.decode(ll).transition_ids  # the alignment is the best path's
 
 
+def test_outputs_too_large_for_the_lattice_search_take_the_best_path(hclg_dir):
+    mbr = GraphDecoder(static_graph(hclg_dir), TID2PDF, DecoderOptions(beam=10.0, lattice_beam=2.0, result="mbr"))
+    ll = loglikes("0011100")
+    assert mbr.lattice_searchable(ll) and mbr.lattice_searchable(ll[:0])
+    # Costs up to 7 * 5e5 are resolved to about 3.5e6 * 2**-24 = 0.21 > 0.1 * lattice beam: no pruning possible.
+    huge = ll * 1e5
+    assert not mbr.lattice_searchable(huge) and not mbr.lattice_searchable(np.full_like(ll, np.inf))
+    result = mbr.decode(huge)
+    assert result.words == ["a", "b", "a"] and result.note.startswith("best path: outputs too large")
+    assert mbr.decode(ll).note == ""
+
+
 def test_decoder_options_are_checked():
     assert DecoderOptions.from_conf({"beam": "10.0", "lattice-beam": "2.0"}, "mbr") == DecoderOptions(
         beam=10.0, lattice_beam=2.0, result="mbr")
