@@ -292,27 +292,32 @@ class GraphDecoder:
         return self._start_sources
 
     def expand(self, loglikes: np.ndarray) -> np.ndarray:
-        """``[frames, pdfs]`` -> ``[frames, transition ids]`` (column ``tid - 1``), float32 C-contiguous."""
+        """``[frames, pdfs]`` -> ``[frames, transition ids]`` (column ``tid - 1``), float32 C-contiguous.
+
+        Each frame's best log-likelihood is subtracted (:func:`frame_offsets`),
+        as Kaldi's ``LatticeFasterDecoder`` does with its cost offsets: every
+        path crosses every frame once, so no decision changes, but the costs
+        stay small enough for float32 to tell paths apart.  kaldi-decoder's
+        ``FasterDecoder`` has no offsets: outputs in the millions (some pruned
+        networks) made all its tokens tie, and ``--max-active`` then pruned none.
+        """
         loglikes = np.asarray(loglikes, dtype=np.float32)
         if loglikes.ndim != 2 or loglikes.shape[1] != self.num_pdfs:
             raise EvaluationError(f"expected log-likelihoods [frames, {self.num_pdfs} pdfs], found {list(loglikes.shape)}")
-        return np.ascontiguousarray(loglikes[:, self.tid2pdf[1:]])
+        return np.ascontiguousarray(loglikes[:, self.tid2pdf[1:]] - frame_offsets(loglikes)[:, None])
 
-    def lattice_searchable(self, loglikes: np.ndarray) -> bool:
-        """Whether the lattice search can prune ``loglikes``.
+    def resolvable(self, loglikes: np.ndarray) -> bool:
+        """Whether float32 can tell apart the scores of ``loglikes`` within the beam.
 
-        kaldi-decoder's ``LatticeSimpleDecoder`` has no ``--max-active``: only
-        its beam bounds the search.  Its costs are float32, so a path cost C is
-        resolved to about ``C * 2**-24``; once that reaches a tenth of the
-        lattice beam (network outputs in the millions, as some pruned networks
-        give), paths cannot be told apart, nothing is pruned, and one utterance
-        can take hours.  Such an utterance takes the best path instead.
+        A score near x is resolved to about ``x * 2**-24``.  When a frame's
+        best log-likelihood is so large (some pruned networks put out values
+        in the billions) that this exceeds a tenth of the beam, whole sets of
+        pdfs tie, ``--max-active`` cannot prune ties, and one utterance can take
+        hours.  Such an utterance is not decoded: it gets no words, and a note
+        (its CER counts every reference character as an error).
         """
-        loglikes = np.asarray(loglikes)
-        if not len(loglikes):
-            return True
-        bound = float(np.abs(loglikes).max()) * len(loglikes)
-        return bool(np.isfinite(bound)) and bound * 2.0 ** -24 <= 0.1 * self.options.lattice_beam
+        best = np.abs(np.asarray(loglikes, dtype=np.float32)).max(axis=1) if np.size(loglikes) else np.zeros(0)
+        return bool(np.isfinite(best).all()) and float(best.max(initial=0.0)) * 2.0 ** -24 <= 0.1 * self.options.beam
 
     def mbr_words(self, loglikes: np.ndarray) -> list[int]:
         """Vosk's transcript of one utterance: the MBR word ids of its lattice (see :mod:`kprune.nnet.lattice`)."""
@@ -364,15 +369,23 @@ class DecodeStream:
         self._dec = decoder._kd.FasterDecoder(decoder.fst, decoder._opts)
         self._dec.init_decoding()
         self.frames = 0
+        self._offset = 0.0  # sum of the frames' offsets taken off by ``expand``, added back to the reported cost
+        self.unresolvable = False
         self._blocks: list[np.ndarray] | None = [] if decoder.options.result == "mbr" else None
 
     def advance(self, loglikes: np.ndarray) -> None:
-        """Decode the next ``[n, pdfs]`` frames."""
-        if len(loglikes) == 0:
+        """Decode the next ``[n, pdfs]`` frames (none, once some frames were not :meth:`GraphDecoder.resolvable`)."""
+        if len(loglikes) == 0 or self.unresolvable:
+            return
+        if not self.decoder.resolvable(loglikes):
+            self.unresolvable = True
+            log.warning("utterance not decoded: network outputs up to %.3g, too large for float32 scores to "
+                        "resolve the beam", float(np.nanmax(np.abs(loglikes))))
             return
         mat = self.decoder.expand(loglikes)
         self._dec.advance_decoding(self.decoder._kd.DecodableCtc(mat, self.frames))
         self.frames += len(mat)
+        self._offset += float(frame_offsets(loglikes).astype(np.float64).sum())
         if self._blocks is not None:
             self._blocks.append(np.asarray(loglikes, dtype=np.float32))
 
@@ -428,23 +441,27 @@ class DecodeStream:
         return min(fits) if fits else None
 
     def finish(self) -> DecodeResult:
+        if self.unresolvable:
+            return DecodeResult([], [], False, float("inf"), "not decoded: outputs too large to resolve the beam")
         with self.decoder._finals_mode(True):
             reached = bool(self._dec.reached_final())
             ok, lattice = self._dec.get_best_path(True)
         if not ok:
             return DecodeResult([], [], reached, float("inf"))
         _, tids, words, weight = self.decoder._kf.get_linear_symbol_sequence(lattice)
-        note = ""
         if self._blocks is not None:
-            loglikes = np.concatenate(self._blocks)
-            if self.decoder.lattice_searchable(loglikes):
-                words = self.decoder.mbr_words(loglikes)
-            else:
-                note = "best path: outputs too large for the lattice search"
-                log.warning("%s (peak |log-likelihood| %.3g over %d frames)", note, float(np.abs(loglikes).max()),
-                            len(loglikes))
+            words = self.decoder.mbr_words(np.concatenate(self._blocks))
         names = self.decoder.words
-        return DecodeResult([names.get(w, f"<{w}>") for w in words], list(tids), reached, _cost(weight), note)
+        return DecodeResult([names.get(w, f"<{w}>") for w in words], list(tids), reached, _cost(weight) - self._offset)
+
+
+def frame_offsets(loglikes: np.ndarray) -> np.ndarray:
+    """Each frame's best log-likelihood (0 for a frame without a finite one), float32."""
+    loglikes = np.asarray(loglikes, dtype=np.float32)
+    if not loglikes.size:
+        return np.zeros(len(loglikes), dtype=np.float32)
+    best = loglikes.max(axis=1)
+    return np.where(np.isfinite(best), best, 0.0).astype(np.float32)
 
 
 def _cost(weight) -> float:

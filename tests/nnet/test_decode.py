@@ -103,16 +103,22 @@ def test_mbr_result_takes_the_words_from_the_lattice(hclg_dir):
     assert result.transition_ids == best.decode(ll).transition_ids  # the alignment is the best path's
 
 
-def test_outputs_too_large_for_the_lattice_search_take_the_best_path(hclg_dir):
-    mbr = GraphDecoder(static_graph(hclg_dir), TID2PDF, DecoderOptions(beam=10.0, lattice_beam=2.0, result="mbr"))
+def test_outputs_too_large_for_float32_scores_are_not_decoded(hclg_dir):
+    decoder = GraphDecoder(static_graph(hclg_dir), TID2PDF, DecoderOptions(beam=10.0, result="mbr"))
     ll = loglikes("0011100")
-    assert mbr.lattice_searchable(ll) and mbr.lattice_searchable(ll[:0])
-    # Costs up to 7 * 5e5 are resolved to about 3.5e6 * 2**-24 = 0.21 > 0.1 * lattice beam: no pruning possible.
-    huge = ll * 1e5
-    assert not mbr.lattice_searchable(huge) and not mbr.lattice_searchable(np.full_like(ll, np.inf))
-    result = mbr.decode(huge)
-    assert result.words == ["a", "b", "a"] and result.note.startswith("best path: outputs too large")
-    assert mbr.decode(ll).note == ""
+    assert decoder.resolvable(ll) and decoder.resolvable(ll[:0])
+    # Scores near 1e8 are resolved to about 6 > a tenth of the beam: ties that --max-active cannot prune.
+    assert not decoder.resolvable(ll + 1e8) and not decoder.resolvable(np.full_like(ll, np.nan))
+    stream = decoder.stream()
+    stream.advance(ll[:3])
+    stream.advance(ll[3:] + 1e8)
+    result = stream.finish()
+    assert result.words == [] and result.note.startswith("not decoded: outputs too large")
+    # A constant per frame changes no decision, and the reported cost is the true one.
+    best = GraphDecoder(static_graph(hclg_dir), TID2PDF, DecoderOptions(beam=10.0))
+    shifted = best.decode(ll + np.arange(7, dtype=np.float32)[:, None] * 100)
+    assert shifted.words == ["a", "b", "a"] and shifted.note == ""
+    assert shifted.cost == pytest.approx(-2100.0, abs=1e-2)
 
 
 def test_decoder_options_are_checked():
