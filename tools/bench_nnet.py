@@ -131,9 +131,8 @@ def bench_eval(args) -> dict:
 
 def bench_signals(args) -> dict:
     from kprune.evaluate import torch_backend
-    from kprune.methods import compute_masks
-    from kprune.model import load_model
     from kprune.nnet.decode import default_cache_dir
+    from kprune.runner import load_model_once, prune
 
     model_path = default_model()
     work = Path(tempfile.mkdtemp(prefix="bench-signals-"))
@@ -144,13 +143,10 @@ def bench_signals(args) -> dict:
     try:
         base = ev.baseline()
         for t in [float(x) for x in args.thresholds.split(",")]:
-            model = load_model(model_path)
-            names = model.default_layers
-            masks = compute_masks(args.method, [model.layers[n].weight for n in names], t)
-            for n, m in zip(names, masks):
-                model.layers[n].weight.masked_fill_(m, 0.0)
+            loaded = load_model_once(model_path)
+            prune(loaded, args.method, t)
             out = work / f"t{t}" / "final.mdl"
-            model.save(out)
+            loaded.model.save(out)
             metrics = ev.evaluate(out, out.parent)
             points.append({"threshold": t, **{k: metrics[k] for k in ("cer", "wer", "kl", "argmax_agreement", "snr_db")}})
             print(json.dumps(points[-1]), flush=True)

@@ -25,9 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kprune.evaluate import build_evaluator  # noqa: E402
-from kprune.methods import compute_masks  # noqa: E402
-from kprune.model import load_model  # noqa: E402
 from kprune.nnet.decode import default_cache_dir  # noqa: E402
+from kprune.runner import load_model_once, prune  # noqa: E402
 
 
 def default_model() -> Path:
@@ -35,13 +34,12 @@ def default_model() -> Path:
 
 
 def pruned_copy(model_path: Path, method: str, threshold: float, out: Path) -> Path:
-    model = load_model(model_path)
+    """The model with all its prunable layers pruned (a copy of it at threshold 0), saved at ``out``."""
+    loaded = load_model_once(model_path)
     if threshold > 0:
-        names = model.default_layers
-        for name, mask in zip(names, compute_masks(method, [model.layers[n].weight for n in names], threshold)):
-            model.layers[name].weight.masked_fill_(mask, 0.0)
+        prune(loaded, method, threshold)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
+    loaded.model.save(out)
     return out
 
 

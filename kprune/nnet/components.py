@@ -270,12 +270,17 @@ def _normalize(c: Component) -> ComponentOp:
 # -- grouping ---------------------------------------------------------------------
 
 
-@_builder("PnormComponent")
-def _pnorm(c: Component) -> ComponentOp:
+def _groups(c: Component) -> tuple[int, int, int]:
+    """``<InputDim>``, ``<OutputDim>`` and how many inputs make one output (``<OutputDim>`` must divide)."""
     din, dout = _int(c, "<InputDim>"), _int(c, "<OutputDim>")
     if dout <= 0 or din % dout:
         raise _bad(c, f"expected <OutputDim> dividing <InputDim> {din}, found {dout}")
-    group = din // dout
+    return din, dout, din // dout
+
+
+@_builder("PnormComponent")
+def _pnorm(c: Component) -> ComponentOp:
+    din, dout, group = _groups(c)
     return ComponentOp(c.name, c.type, din, dout,
                        lambda op, x: torch.linalg.vector_norm(_blocks(x, group), ord=2, dim=-1))
 
@@ -296,10 +301,7 @@ def _sum_group(c: Component) -> ComponentOp:
 
 @_builder("ElementwiseProductComponent")
 def _elementwise_product(c: Component) -> ComponentOp:
-    din, dout = _int(c, "<InputDim>"), _int(c, "<OutputDim>")
-    if dout <= 0 or din % dout:
-        raise _bad(c, f"expected <OutputDim> dividing <InputDim> {din}, found {dout}")
-    k = din // dout
+    din, dout, k = _groups(c)
     # Input chunk i is columns [i*out, (i+1)*out); the output multiplies them.
     return ComponentOp(c.name, c.type, din, dout,
                        lambda op, x: torch.prod(x.reshape(*x.shape[:-1], k, dout), dim=-2))

@@ -291,7 +291,14 @@ class GraphDecoder:
             self._start_sources = sources
         return self._start_sources
 
-    def expand(self, loglikes: np.ndarray) -> np.ndarray:
+    def checked(self, loglikes: np.ndarray) -> np.ndarray:
+        """``loglikes`` as float32 ``[frames, pdfs]``, or an error naming the shape found."""
+        loglikes = np.asarray(loglikes, dtype=np.float32)
+        if loglikes.ndim != 2 or loglikes.shape[1] != self.num_pdfs:
+            raise EvaluationError(f"expected log-likelihoods [frames, {self.num_pdfs} pdfs], found {list(loglikes.shape)}")
+        return loglikes
+
+    def expand(self, loglikes: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
         """``[frames, pdfs]`` -> ``[frames, transition ids]`` (column ``tid - 1``), float32 C-contiguous.
 
         Each frame's best log-likelihood is subtracted (:func:`frame_offsets`),
@@ -300,11 +307,12 @@ class GraphDecoder:
         stay small enough for float32 to tell paths apart.  kaldi-decoder's
         ``FasterDecoder`` has no offsets: outputs in the millions (some pruned
         networks) made all its tokens tie, and ``--max-active`` then pruned none.
+        ``offsets``: :func:`frame_offsets` of ``loglikes``, when the caller has them.
         """
-        loglikes = np.asarray(loglikes, dtype=np.float32)
-        if loglikes.ndim != 2 or loglikes.shape[1] != self.num_pdfs:
-            raise EvaluationError(f"expected log-likelihoods [frames, {self.num_pdfs} pdfs], found {list(loglikes.shape)}")
-        return np.ascontiguousarray(loglikes[:, self.tid2pdf[1:]] - frame_offsets(loglikes)[:, None])
+        loglikes = self.checked(loglikes)
+        if offsets is None:
+            offsets = frame_offsets(loglikes)
+        return np.ascontiguousarray(loglikes[:, self.tid2pdf[1:]] - offsets[:, None])
 
     def resolvable(self, loglikes: np.ndarray) -> bool:
         """Whether float32 can tell apart the scores of ``loglikes`` within the beam.
@@ -375,6 +383,7 @@ class DecodeStream:
 
     def advance(self, loglikes: np.ndarray) -> None:
         """Decode the next ``[n, pdfs]`` frames (none, once some frames were not :meth:`GraphDecoder.resolvable`)."""
+        loglikes = self.decoder.checked(loglikes)
         if len(loglikes) == 0 or self.unresolvable:
             return
         if not self.decoder.resolvable(loglikes):
@@ -382,10 +391,11 @@ class DecodeStream:
             log.warning("utterance not decoded: network outputs up to %.3g, too large for float32 scores to "
                         "resolve the beam", float(np.nanmax(np.abs(loglikes))))
             return
-        mat = self.decoder.expand(loglikes)
+        offsets = frame_offsets(loglikes)
+        mat = self.decoder.expand(loglikes, offsets)
         self._dec.advance_decoding(self.decoder._kd.DecodableCtc(mat, self.frames))
         self.frames += len(mat)
-        self._offset += float(frame_offsets(loglikes).astype(np.float64).sum())
+        self._offset += float(offsets.astype(np.float64).sum())
         if self._blocks is not None:
             self._blocks.append(np.asarray(loglikes, dtype=np.float32))
 

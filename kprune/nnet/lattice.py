@@ -320,8 +320,7 @@ class MinimumBayesRisk:
         self.pre: list[list[int]] = [[] for _ in range(self.N + 1)]
         for i, (_, end, _, _) in enumerate(arcs):
             self.pre[end].append(i)
-        sub = WordLattice(lat.num_states, list(lat.arcs), dict(lat.final), lat.start)
-        self._initial_words = sub.best_path()[0]
+        self._initial_words = lat.best_path()[0]
 
     @staticmethod
     def _normalize_eps(vec: list[int]) -> list[int]:
@@ -355,15 +354,34 @@ class MinimumBayesRisk:
             counter += 1
         self.R = [w for w in self.R if w != 0]
 
+    def _arc_edit_distance(self, prev: list[float], w_a: int, r: list[int], arc_dash: list[float],
+                           b_arc: list[int]) -> None:
+        """Lines 14-18 of Figure 5 (15-17 of Figure 4): the edit distances after arc ``a`` (word ``w_a``)
+        against each prefix of ``r``, from those at its start node (``prev``), into ``arc_dash``; ``b_arc``
+        gets which of substitution (1), deletion (2) or insertion (3) won."""
+        delta = self.DELTA
+        l_w0 = 0.0 if w_a == 0 else 1.0
+        arc_dash[0] = prev[0] + l_w0 + delta
+        for q in range(1, len(r)):
+            r_q = r[q]
+            a1 = prev[q - 1] + (0.0 if w_a == r_q else 1.0)
+            a2 = prev[q] + l_w0 + delta
+            a3 = arc_dash[q - 1] + (0.0 if r_q == 0 else 1.0)
+            if a1 <= a2:
+                b_arc[q], arc_dash[q] = (1, a1) if a1 <= a3 else (3, a3)
+            else:
+                b_arc[q], arc_dash[q] = (2, a2) if a2 <= a3 else (3, a3)
+
     def _edit_distance(self, Q: int, r: list[int]) -> tuple[list[float], list[list[float]]]:
         """``EditDistance``: Figure 4 of the paper."""
-        N, delta = self.N, self.DELTA
+        N = self.N
         alpha = [-INF] * (N + 1)
         alpha_dash = [[0.0] * (Q + 1) for _ in range(N + 1)]
         alpha[1] = 0.0
         for q in range(1, Q + 1):
             alpha_dash[1][q] = alpha_dash[1][q - 1] + (0.0 if r[q] == 0 else 1.0)
         arc_dash = [0.0] * (Q + 1)
+        b_arc = [0] * (Q + 1)
         for n in range(2, N + 1):
             a_n = -INF
             for i in self.pre[n]:
@@ -373,15 +391,7 @@ class MinimumBayesRisk:
             row = alpha_dash[n]
             for i in self.pre[n]:
                 s_a, _, w_a, p_a = self.arcs[i]
-                prev = alpha_dash[s_a]
-                l_w0 = 0.0 if w_a == 0 else 1.0
-                arc_dash[0] = prev[0] + l_w0 + delta
-                for q in range(1, Q + 1):
-                    r_q = r[q]
-                    a1 = prev[q - 1] + (0.0 if w_a == r_q else 1.0)
-                    a2 = prev[q] + l_w0 + delta
-                    a3 = arc_dash[q - 1] + (0.0 if r_q == 0 else 1.0)
-                    arc_dash[q] = min(a1, a2, a3)
+                self._arc_edit_distance(alpha_dash[s_a], w_a, r, arc_dash, b_arc)
                 scale = math.exp(alpha[s_a] + p_a - alpha[n])
                 for q in range(Q + 1):
                     row[q] += scale * arc_dash[q]
@@ -389,7 +399,7 @@ class MinimumBayesRisk:
 
     def _acc_stats(self) -> None:
         """``AccStats``: Figure 5 of the paper; sets ``gamma`` and ``L``."""
-        N, Q, delta = self.N, len(self.R), self.DELTA
+        N, Q = self.N, len(self.R)
         r = [0] + self.R  # 1-based r(q)
         alpha, alpha_dash = self._edit_distance(Q, r)
         self.L = alpha_dash[N][Q]
@@ -401,18 +411,7 @@ class MinimumBayesRisk:
         for n in range(N, 1, -1):
             for i in self.pre[n]:
                 s_a, _, w_a, p_a = self.arcs[i]
-                prev = alpha_dash[s_a]
-                l_w0 = 0.0 if w_a == 0 else 1.0
-                arc_dash[0] = prev[0] + l_w0 + delta
-                for q in range(1, Q + 1):
-                    r_q = r[q]
-                    a1 = prev[q - 1] + (0.0 if w_a == r_q else 1.0)
-                    a2 = prev[q] + l_w0 + delta
-                    a3 = arc_dash[q - 1] + (0.0 if r_q == 0 else 1.0)
-                    if a1 <= a2:
-                        b_arc[q], arc_dash[q] = (1, a1) if a1 <= a3 else (3, a3)
-                    else:
-                        b_arc[q], arc_dash[q] = (2, a2) if a2 <= a3 else (3, a3)
+                self._arc_edit_distance(alpha_dash[s_a], w_a, r, arc_dash, b_arc)
                 beta_arc = [0.0] * (Q + 1)
                 scale = math.exp(alpha[s_a] + p_a - alpha[n])
                 for q in range(Q, 0, -1):

@@ -14,6 +14,7 @@ from kprune.errors import ConfigError, EvaluationError
 from kprune.evaluate.base import registered_evaluators
 from kprune.evaluate.normalize import Normalizer
 from kprune.evaluate.scoring import score_corpus
+from kprune.evaluate.staging import stage_model_dir
 from kprune.evaluate.torch_backend import TorchEvaluator
 from kprune.model import load_model
 from kprune.nnet.decode import default_cache_dir
@@ -81,15 +82,9 @@ print(json.dumps(hyps))
 def vosk_hypotheses(model_dir: Path, data_dir: Path, stage: Path, model: Path | None = None) -> dict[str, str]:
     """Vosk's own decode of ``model`` (default: the model directory's), with ``--dither=0`` as eval=vosk sets it
     (the torch path does not dither), in a subprocess: libvosk hangs in a process that has loaded kaldifst."""
-    for entry in model_dir.iterdir():
-        if entry.name not in ("am", "conf"):
-            (stage / entry.name).parent.mkdir(parents=True, exist_ok=True)
-            (stage / entry.name).symlink_to(entry)
-    (stage / "am").mkdir()
-    (stage / "am" / "final.mdl").symlink_to(model or model_dir / "am" / "final.mdl")
-    (stage / "conf").mkdir()
-    (stage / "conf" / "model.conf").write_text((model_dir / "conf" / "model.conf").read_text())
-    (stage / "conf" / "mfcc.conf").write_text((model_dir / "conf" / "mfcc.conf").read_text() + "--dither=0\n")
+    mfcc = (model_dir / "conf" / "mfcc.conf").read_text()
+    stage_model_dir(model_dir, stage, {"am/final.mdl": model or model_dir / "am" / "final.mdl"},
+                    {"conf/mfcc.conf": mfcc + "--dither=0\n"})
     out = subprocess.run([sys.executable, "-c", _VOSK_DECODE, str(stage), str(data_dir)], capture_output=True,
                          text=True, timeout=600, check=True)
     return json.loads(out.stdout)
