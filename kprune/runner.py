@@ -33,8 +33,8 @@ import torch
 
 from kprune.errors import ConfigError
 from kprune.fileio import write_atomically, write_json_atomically as write_json
-from kprune.masks import SparsityStats, WeightSummary, apply_masks, sparsity_stats, summarize_weights
-from kprune.methods import compute_masks, get_method, validate_threshold
+from kprune.pruning.masks import SparsityStats, WeightSummary, apply_masks, sparsity_stats, summarize_weights
+from kprune.pruning.rules import compute_masks, get_method, validate_threshold
 from kprune.model import Model, load_model
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def _log_tensorboard(settings: PointSettings, run_dir: Path, metrics: Mapping[st
                      sparsity_doc: Mapping[str, Any] | None, loaded: LoadedModel | None,
                      masks: Mapping[str, torch.Tensor] | None) -> None:
     """Writes the run's TensorBoard record; call it while the model holds the pruned weights."""
-    from kprune.tensorboard import log_run
+    from kprune.report.tensorboard import log_run
 
     before = after = None
     if settings.histograms and loaded is not None and masks:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Vosk Korean model, the real dev speech, synthetic models."""
+"""Shared fixtures: the real Vosk Korean model, the real dev speech, small synthetic data directories."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import importlib.resources
 from pathlib import Path
 
 import pytest
+
+from eval_helpers import make_data_dir, tone
 
 REPO = Path(__file__).resolve().parents[1]
 KO_DEV = (REPO.parent / "shared" / "data" / "ko-dev").resolve()
@@ -43,3 +45,12 @@ def ko_dev() -> Path:
     if not (KO_DEV / "wav.scp").is_file():
         pytest.fail(f"expected the dev set at {KO_DEV} (a copy of shared/ beside the repository)")
     return KO_DEV
+
+
+@pytest.fixture
+def tone_data_dir(tmp_path: Path) -> Path:
+    """Two utterances of tones at 16 kHz."""
+    return make_data_dir(
+        tmp_path / "data",
+        {"u1": (tone(0.5, 16000), 16000, "가 나"), "u2": (tone(0.25, 16000, 880.0), 16000, "다")},
+    )

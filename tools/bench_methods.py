@@ -42,8 +42,8 @@ import torch.nn.utils.prune as tprune
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kprune import load_model  # noqa: E402
-from kprune.masks import apply_masks, sparsity_stats, summarize_weights  # noqa: E402
-from kprune.methods import compute_masks  # noqa: E402
+from kprune.pruning.masks import apply_masks, sparsity_stats, summarize_weights  # noqa: E402
+from kprune.pruning.rules import compute_masks  # noqa: E402
 
 #: A WSJ nnet3 TDNN (tdnn_1a-like): 40 MFCC x 5 frames + 100 i-vector dims in,
 #: 750-wide hidden layers spliced over 3 frames, ~2000 pdfs out.

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from benchtime import median_seconds  # noqa: E402
 
 from kprune.nnet.compute import AcousticModel  # noqa: E402
-from kprune.summary import spearman_rho  # noqa: E402
+from kprune.report.summary import spearman_rho  # noqa: E402
 
 
 def default_model() -> Path:

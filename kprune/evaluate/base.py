@@ -153,7 +153,7 @@ class TranscriptScoring:
     """Scoring for backends that produce hypotheses (vosk, torch), written once.
 
     The backend provides ``self.refs`` (normalised references by utterance),
-    ``self.normalizer`` and ``self.data`` (the :class:`~kprune.evaluate.data.DataDir`).
+    ``self.normalizer`` and ``self.data`` (the :class:`~kprune.data.datadir.DataDir`).
     """
 
     def _score(self, hyps: Mapping[str, str]) -> CorpusScore:

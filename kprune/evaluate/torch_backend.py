@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from kprune.errors import ConfigError, EvaluationError, KpruneError
-from kprune.evaluate import data as datadir
+from kprune.data import datadir
 from kprune.evaluate.base import (
     CACHE_FORMAT,
     Evaluator,

@@ -7,7 +7,7 @@ decoded by a worker subprocess with ``eval.jobs`` threads sharing one model
 :mod:`kprune.evaluate.scoring` after :mod:`kprune.evaluate.normalize`.
 
 What does not depend on the pruned model is done once per evaluator: the data
-directory is read and its audio checked (:mod:`kprune.evaluate.data`), the
+directory is read and its audio checked (:mod:`kprune.data.datadir`), the
 references are normalised, and the baseline is decoded or read from the cache.
 The model itself has to be loaded for every point (Vosk cannot swap the
 acoustic model of a loaded ``vosk.Model``); that costs about 2 s here.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kprune.errors import ConfigError, EvaluationError
-from kprune.evaluate import data as datadir
+from kprune.data import datadir
 from kprune.evaluate.base import (
     CACHE_FORMAT,
     Evaluator,

@@ -140,7 +140,7 @@ def compute_mfcc(samples: np.ndarray | torch.Tensor, rate: int, options: MfccOpt
 
 def resample(wave: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
     """Band-limited resampling (Kaldi's LinearResample design, through kprune's implementation)."""
-    from kprune.evaluate.data import resample as kaldi_resample
+    from kprune.data.datadir import resample as kaldi_resample
 
     out = kaldi_resample(wave.reshape(-1).numpy().astype(np.float64), rate_in, rate_out)
     return torch.from_numpy(np.asarray(out, dtype=np.float32)).reshape(1, -1)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from kprune.errors import ConfigError, EvaluationError
 from kprune.evaluate import build_evaluator
-from kprune.evaluate.data import read_data_dir, resample, write_wav
+from kprune.data.datadir import read_data_dir, resample, write_wav
 from kprune.evaluate.normalize import Normalizer
 from kprune.evaluate.scoring import score_corpus
 from kprune.evaluate.vosk_backend import VoskEvaluator, find_vosk_model_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kprune.evaluate.data import write_wav
+from kprune.data.datadir import write_wav
 
 
 def wav_bytes(samples: bytes, rate: int, *, tag: int = 1, bits: int = 16, channels: int = 1) -> bytes:

@@ -1,4 +1,4 @@
-"""kprune.tensorboard, read back with TensorBoard's own event reader and hparams backend."""
+"""kprune.report.tensorboard, read back with TensorBoard's own event reader and hparams backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from kprune.errors import ConfigError
-from kprune.tensorboard import HPARAM_METRICS, histogram_of, log_run
+from kprune.report.tensorboard import HPARAM_METRICS, histogram_of, log_run
 
 SIZE_GUIDANCE = {ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.TENSORS: 0}
 

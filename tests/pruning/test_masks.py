@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from kprune.errors import ConfigError
-from kprune.masks import LayerStats, WeightSummary, apply_masks, sparsity_stats, summarize_weights
-from kprune.methods import compute_masks
+from kprune.pruning.masks import LayerStats, WeightSummary, apply_masks, sparsity_stats, summarize_weights
+from kprune.pruning.rules import compute_masks
 
 F32 = torch.float32
 

@@ -1,7 +1,7 @@
 """Applying prune masks, and the sparsity statistics of a pruning.
 
 A mask is a bool tensor shaped like its weight, True where the weight is pruned
-(see :mod:`kprune.methods`).  Statistics are computed from the masks and the
+(see :mod:`kprune.pruning.rules`).  Statistics are computed from the masks and the
 weights *before* pruning, then the masks are applied::
 
     baseline = summarize_weights(weights)          # once per model (a sweep reuses it)

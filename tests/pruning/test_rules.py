@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kprune import methods
+from kprune.pruning import rules as methods
 from kprune.errors import ConfigError
-from kprune.methods import compute_masks, fraction_count, get_method, kth_smallest_quantile, select_ranks
+from kprune.pruning.rules import compute_masks, fraction_count, get_method, kth_smallest_quantile, select_ranks
 
 ALL = ["abs", "pos", "neg", "pct", "global_pct", "std"]
 F32 = torch.float32
@@ -510,7 +510,7 @@ def test_select_ranks_when_the_sample_misses(caplog):
     step = n // m
     keys = np.tile(np.arange(step, dtype=np.int64), n // step + 1)[:n]
     ranks = [5, n // 2, n - 1]
-    with caplog.at_level("DEBUG", logger="kprune.methods"):
+    with caplog.at_level("DEBUG", logger="kprune.pruning.rules"):
         assert select_ranks([keys], ranks) == [int(x) for x in np.sort(keys)[ranks]]
     assert "window missed rank" in caplog.text
 

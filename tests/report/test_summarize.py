@@ -1,4 +1,4 @@
-"""kprune.summary and tools/summarize, on run directories laid out as Hydra writes them."""
+"""kprune.report.summary and tools/summarize, on run directories laid out as Hydra writes them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kprune.errors import ConfigError
-from kprune.summary import (
+from kprune.report.summary import (
     ERROR_PLOT,
     PER_LAYER_PLOT,
     SPARSITY_PLOT,
@@ -31,7 +31,7 @@ from kprune.summary import (
     threshold_sweeps,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "summarize"
 BASELINE = {"wer": 31.58, "cer": 9.87}
 
@@ -375,7 +375,7 @@ def test_the_apps_layout_sweeps_by_group_and_single_runs(tmp_path):
 def test_a_failed_point_with_a_non_numeric_threshold_still_summarizes(tmp_path):
     import json
 
-    from kprune.summary import collect_runs
+    from kprune.report.summary import collect_runs
 
     good = tmp_path / "sweep" / "method=abs,threshold=0.1"
     bad = tmp_path / "sweep" / "method=abs,threshold=abc"
@@ -391,7 +391,7 @@ def test_a_failed_point_with_a_non_numeric_threshold_still_summarizes(tmp_path):
     runs = {r.run_dir.name: r for r in collect_runs([tmp_path / "sweep"])}
     assert runs["method=abs,threshold=abc"].threshold is None and runs["method=abs,threshold=abc"].failed
     assert runs["method=abs,threshold=0.1"].threshold == 0.1
-    from kprune.summary import summarize
+    from kprune.report.summary import summarize
 
     summarize([tmp_path / "sweep"], tmp_path / "out", plots=False)
     table = (tmp_path / "out" / "summary.tsv").read_text()

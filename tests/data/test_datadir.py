@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kprune.errors import EvaluationError
-from kprune.evaluate.data import (
+from kprune.data.datadir import (
     FeatureConf,
     prepare_audio,
     read_data_dir,

@@ -1,0 +1,1 @@
+"""Data: Kaldi data directories and their audio (:mod:`kprune.data.datadir`)."""
