@@ -39,7 +39,7 @@ def _model_layers(model: str | None = None) -> str:
 
 
 # Overrides that do not name a sweep point: where and how it runs, what evaluates it.
-_NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment"}
+_NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment", "calib"}
 
 
 def point_dir_name(overrides: Sequence[str]) -> str:
@@ -70,6 +70,11 @@ def point_dir_name(overrides: Sequence[str]) -> str:
 OmegaConf.register_new_resolver("kprune_layers", _model_layers, replace=True)
 OmegaConf.register_new_resolver("kprune_point", point_dir_name, replace=True)
 
+def _plain(value):
+    """A config node as plain Python (lists and dicts resolved), anything else as it is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def _evaluator(cfg: DictConfig, model: Path):
     """The evaluator of ``eval=`` (None for ``none``); the same settings give the same one back,
     so a multirun decodes the baseline and prepares the data once."""
@@ -87,8 +92,12 @@ def main(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         model = resolve_model_path(cfg.model, Path(hydra.utils.get_original_cwd()))
+        method = OmegaConf.to_container(cfg.method, resolve=True) if OmegaConf.is_config(cfg.method) \
+            else {"name": str(cfg.method)}
         settings = PointSettings(
-            model=model, method=str(cfg.method), threshold=cfg.threshold,
+            model=model, method=str(method.pop("name", "abs")), threshold=cfg.threshold,
+            method_options=method, repair=_plain(cfg.get("repair")), repair_options=_plain(cfg.get("repair_options")),
+            calib=_plain(cfg.get("calib")),
             layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
             exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
             device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),

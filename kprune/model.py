@@ -8,6 +8,11 @@ A *layer* is a weight-bearing component (Affine, NaturalGradientAffine,
 FixedAffine, BlockAffine, Linear, Tdnn), named as in the file.  For binary
 files the weight tensors share memory with the file buffer, so editing a
 weight in place edits the bytes that :meth:`Model.save` writes.
+
+Besides the weights, a pruning may change what a calibrated repair writes:
+the layers' biases and the stored statistics of every BatchNormComponent
+(:attr:`Model.batchnorms`).  Both are in-place views too, and
+:meth:`Model.snapshot` / :meth:`Model.restore` cover all three.
 """
 
 from __future__ import annotations
@@ -55,6 +60,36 @@ class Layer:
         return self.trainable and self.decoding
 
 
+@dataclass(frozen=True)
+class BatchNorm:
+    """The stored statistics of one BatchNormComponent, as Kaldi uses them in test mode.
+
+    ``mean`` and ``var`` (float32 ``[block_dim]``, ``<StatsMean>`` and
+    ``<StatsVar>``) are views of the file's values: edit them in place.  In
+    test mode Kaldi's ``BatchNormComponent`` computes, per block column,
+    ``scale = target_rms * (var + epsilon)^-1/2`` and
+    ``offset = -mean * scale`` (``nnet-normalize-component.cc``,
+    ``ComputeDerived``), and ``y = x * scale + offset``.
+    """
+
+    name: str
+    dim: int
+    block_dim: int
+    epsilon: float
+    target_rms: float
+    mean: torch.Tensor
+    var: torch.Tensor
+
+
+@dataclass
+class ModelState:
+    """Copies of everything a pruning may change: weights, biases, BatchNorm statistics."""
+
+    weights: dict[str, torch.Tensor]
+    biases: dict[str, torch.Tensor]
+    batchnorm: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 class Model:
     """A parsed model file plus its layer view."""
 
@@ -77,6 +112,19 @@ class Model:
                     decoding=feeding is None or c.name in feeding,
                 )
         self.opaque = {c.name: c.type for c in file.nnet.components if isinstance(c, OpaqueComponent)}
+        self.batchnorms: dict[str, BatchNorm] = {}
+        for c in file.nnet.components:
+            if isinstance(c, Component) and c.type == "BatchNormComponent":
+                stats = [c.field(t) for t in ("<StatsMean>", "<StatsVar>")]
+                if any(f is None or f.value is None for f in stats):
+                    continue  # no statistics to view (the network cannot run in test mode either)
+                for f in stats:
+                    if f.value.dtype != np.float32:
+                        _to_float32(f)
+                dim = int(c.get("<Dim>", 0))
+                self.batchnorms[c.name] = BatchNorm(
+                    c.name, dim, int(c.get("<BlockDim>", dim)), float(c.get("<Epsilon>", 0.001)),
+                    float(c.get("<TargetRms>", 1.0)), _as_tensor(stats[0].value), _as_tensor(stats[1].value))
 
     @property
     def path(self) -> Path | None:
@@ -101,14 +149,23 @@ class Model:
         names = self.layers if names is None else names
         return {n: self.layers[n].weight for n in names}
 
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        """Copies of every weight, to restore with :meth:`restore` between sweep points."""
-        return {n: layer.weight.clone() for n, layer in self.layers.items()}
+    def snapshot(self) -> ModelState:
+        """Copies of every weight, bias and BatchNorm statistic, to restore with :meth:`restore`
+        between sweep points."""
+        return ModelState(
+            weights={n: layer.weight.clone() for n, layer in self.layers.items()},
+            biases={n: layer.bias.clone() for n, layer in self.layers.items() if layer.bias is not None},
+            batchnorm={n: (bn.mean.clone(), bn.var.clone()) for n, bn in self.batchnorms.items()})
 
-    def restore(self, snapshot: dict[str, torch.Tensor]) -> None:
-        """Copies weights back in place (the tensors stay views of the file buffer)."""
-        for n, w in snapshot.items():
+    def restore(self, state: ModelState) -> None:
+        """Copies everything back in place (the tensors stay views of the file buffer)."""
+        for n, w in state.weights.items():
             self.layers[n].weight.copy_(w)
+        for n, b in state.biases.items():
+            self.layers[n].bias.copy_(b)
+        for n, (mean, var) in state.batchnorm.items():
+            self.batchnorms[n].mean.copy_(mean)
+            self.batchnorms[n].var.copy_(var)
 
     # -- selection ----------------------------------------------------------
     @property

@@ -33,9 +33,12 @@ import torch
 
 from kprune.errors import ConfigError
 from kprune.fileio import write_atomically, write_json_atomically as write_json
-from kprune.pruning.masks import SparsityStats, WeightSummary, apply_masks, sparsity_stats, summarize_weights
-from kprune.pruning.rules import compute_masks, get_method, validate_threshold
-from kprune.model import Model, load_model
+from kprune.pruning.calibration import needs_calibration, prune_model
+from kprune.pruning.config import MethodConfig, RepairConfig
+from kprune.pruning.masks import SparsityStats, WeightSummary, sparsity_stats, summarize_weights
+from kprune.pruning.result import PruneResult
+from kprune.pruning.rules import get_method, validate_threshold
+from kprune.model import Model, ModelState, load_model
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class LoadedModel:
     """A parsed model kept for a whole multirun, with its pristine weights."""
 
     model: Model
-    snapshot: dict[str, torch.Tensor]
+    snapshot: ModelState
     baseline: dict[str, WeightSummary]
     identity: dict[str, Any]
 
@@ -147,39 +150,68 @@ class PointSettings:
     save_masks: bool = True
     histograms: bool = True
     eval: Mapping[str, Any] | None = None
+    #: The method's knobs (``method.*`` besides ``name``: pattern, dampening, block_size, sequential).
+    method_options: Mapping[str, Any] | None = None
+    repair: Any = ()
+    repair_options: Mapping[str, Any] | None = None
+    #: ``calib.*``: where the calibration audio comes from (used by calibrated rules and repairs).
+    calib: Mapping[str, Any] | None = None
 
     @property
     def evaluates(self) -> bool:
         return bool(self.eval) and self.eval.get("name", "none") != "none"
 
+    def method_config(self) -> MethodConfig:
+        return MethodConfig.from_config({**dict(self.method_options or {}), "name": self.method})
+
+    def repair_config(self) -> RepairConfig:
+        return RepairConfig.from_config(self.repair, self.repair_options)
+
+    def calibration(self):
+        """The calibration data settings, or None when this point needs none."""
+        if not needs_calibration(self.method_config(), self.repair_config()):
+            return None
+        from kprune.data.features import CalibrationData
+
+        return CalibrationData.from_config(self.calib)
+
     def fingerprint(self, identity: Mapping[str, Any]) -> dict[str, Any]:
         """The settings that decide a point's outputs (not how fast or how verbosely they are made)."""
-        canonical = get_method(self.method).name
+        method = self.method_config()
         evaluation = ({k: v for k, v in self.eval.items() if k not in _OPERATIONAL_EVAL_KEYS}
                       if self.evaluates else {})
-        return {"model": dict(identity), "method": canonical, "threshold": float(self.threshold),
-                "layers": self.layers, "exclude": self.exclude, "eval": evaluation}
+        out = {"model": dict(identity), "method": method.name, "threshold": float(self.threshold),
+               "layers": self.layers, "exclude": self.exclude, "eval": evaluation,
+               "method_options": method.describe(), "repair": self.repair_config().describe()}
+        calib = self.calibration()
+        if calib is not None:
+            out["method_options"]["sequential"] = method.sequential
+            out["calib"] = calib.describe()
+        return out
 
 
-def prune(loaded: LoadedModel, method: str, threshold: float, layers: Any = "all", exclude: Any = (),
-          device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], SparsityStats]:
-    """Masks the selected layers of ``loaded.model`` in place; returns the masks and the statistics.
+def prune(loaded: LoadedModel, method: str | MethodConfig, threshold: float, layers: Any = "all", exclude: Any = (),
+          device: torch.device | str = "cpu", *, repair: RepairConfig | None = None,
+          features: Any = None) -> tuple[PruneResult, SparsityStats]:
+    """Prunes the selected layers of ``loaded.model`` in place; returns what changed and the statistics.
 
-    The masks are computed on ``device`` and returned on the CPU.  Statistics
-    cover the network's prunable layers (the ``all`` layers plus the selected).
+    ``method`` is a rule name or a :class:`MethodConfig`; calibrated rules and
+    ``repair`` need ``features`` (a :class:`~kprune.data.features.FeatureSet`
+    or a function returning one).  Masks are computed on ``device`` and
+    returned on the CPU.  Statistics cover the network's prunable layers (the
+    ``all`` layers plus the selected), counted against the unpruned weights.
     """
     model = loaded.model
+    config = method if isinstance(method, MethodConfig) else MethodConfig.from_config(method)
     selected = model.select(layers, exclude)
     chosen = set(selected)
     network = [n for n in model.layers if model.layers[n].prunable_by_default or n in chosen]
-    weights = {n: model.layers[n].weight for n in network}
-    device = torch.device(device)
-    masks = compute_masks(method, [weights[n].to(device) for n in selected], threshold)
-    masks = {n: m.cpu() for n, m in zip(selected, masks)}
-    stats = sparsity_stats(weights, masks, types={n: model.layers[n].type for n in network},
+    result = prune_model(model, selected, config, threshold, repair, features, device=torch.device(device),
+                         model_path=model.path, dense=loaded.snapshot)
+    stats = sparsity_stats({n: loaded.snapshot.weights[n] for n in network}, result.masks,
+                           types={n: model.layers[n].type for n in network},
                            baseline={n: loaded.baseline[n] for n in network})
-    apply_masks(weights, masks)
-    return masks, stats
+    return result, stats
 
 
 def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[], Any] | None = None,
@@ -213,9 +245,19 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
         write_json(run_dir / POINT, fingerprint)
         loaded = load_model_once(settings.model)
         device = resolve_device(settings.device)
-        masks, stats = prune(loaded, method.name, threshold, settings.layers, settings.exclude, device)
+        method_config, repair = settings.method_config(), settings.repair_config()
+        calib = settings.calibration()
+        features = (lambda: _calibration_features(calib, loaded, device)) if calib is not None else None
+        result, stats = prune(loaded, method_config, threshold, settings.layers, settings.exclude, device,
+                              repair=repair, features=features)
+        masks = result.masks
         sparsity_doc = stats.to_dict(method=method.name, threshold=threshold, layers=metrics["layers"])
         sparsity_doc["device"] = str(device)
+        sparsity_doc["method_options"] = method_config.describe()
+        sparsity_doc["repair"] = repair.describe()
+        if calib is not None:
+            sparsity_doc["changes"] = result.changes()
+            metrics.update({k: v for k, v in result.timings.items()})
         metrics.update(sparsity=stats.sparsity, sparsity_selected=stats.sparsity_selected,
                        removed_energy=stats.removed_energy, removed_energy_selected=stats.removed_energy_selected,
                        pruned=stats.pruned, weights=stats.weights)
@@ -252,6 +294,28 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
     finally:
         if loaded is not None:
             loaded.model.restore(loaded.snapshot)
+
+
+def _calibration_features(calib, loaded: LoadedModel, device: torch.device):
+    """The calibration features of ``calib`` for the loaded model (cached on disk, and in the process)."""
+    from kprune.data.features import load_calibration_features
+
+    key = (calib, loaded.identity["model"])
+    if key not in _FEATURES:
+        start = time.perf_counter()
+        nodes = loaded.model.file.nnet.nodes
+        if "input" not in nodes:
+            raise ConfigError(f"{loaded.identity['model']}: calibration needs an input-node named 'input'")
+        _FEATURES.clear()
+        _FEATURES[key] = load_calibration_features(calib, Path(loaded.identity["model"]),
+                                                   input_dim=nodes["input"].dim,
+                                                   ivector_dim=nodes["ivector"].dim if "ivector" in nodes else 0)
+        log.info("calibration features ready in %.1f s (%d utterances, %.0f s of audio)",
+                 time.perf_counter() - start, len(_FEATURES[key].utts), _FEATURES[key].seconds)
+    return _FEATURES[key]
+
+
+_FEATURES: dict[tuple, Any] = {}
 
 
 def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
@@ -324,7 +388,7 @@ def _log_tensorboard(settings: PointSettings, run_dir: Path, metrics: Mapping[st
 
     before = after = None
     if settings.histograms and loaded is not None and masks:
-        before = {n: loaded.snapshot[n] for n in masks}
+        before = {n: loaded.snapshot.weights[n] for n in masks}
         after = {n: loaded.model.layers[n].weight for n in masks}
     try:
         log_run(run_dir, method=str(metrics.get("method")), threshold=float(settings.threshold),

@@ -78,10 +78,11 @@ def test_per_layer_experiment_reads_the_layers_from_the_model(tdnn, tmp_path):
 @pytest.mark.parametrize("name, method, count", [("abs_sweep", "abs", 7), ("pos_sweep", "pos", 16),
                                                  ("neg_sweep", "neg", 13), ("pct_sweep", "pct", 11)])
 def test_experiment_presets_hold_the_original_thresholds(name, method, count):
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
-    cfg = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
-    assert cfg.method == method and cfg.group == name
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+    assert cfg.method.name == method and cfg.group == name
     assert len(str(cfg.hydra.sweeper.params.threshold).split(",")) == count
 
 

@@ -103,25 +103,23 @@ def _read_table(
         yield number, parts
 
 
-def read_data_dir(path: Path) -> DataDir:
-    """Read ``text``, ``wav.scp`` and ``segments`` and check that they agree."""
+def read_data_dir(path: Path, *, transcripts: bool = True, key: str = "eval.data") -> DataDir:
+    """Read ``text``, ``wav.scp`` and ``segments`` and check that they agree.
+
+    With ``transcripts=False`` (unlabelled audio, such as calibration data)
+    ``text`` is not needed: the utterances are those of ``segments``, or else
+    the recordings of ``wav.scp``, and their transcripts are empty.  ``key``
+    names the setting that gave the path, for the error messages.
+    """
     path = Path(path)
+    needs = "wav.scp and text" if transcripts else "wav.scp"
     if not path.is_dir():
         what = "it is a file" if path.exists() else "it does not exist"
-        raise EvaluationError(f"eval.data: expected a Kaldi data directory with wav.scp and text at {path}, but {what}")
+        raise EvaluationError(f"{key}: expected a Kaldi data directory with {needs} at {path}, but {what}")
     text_path, scp_path = path / "text", path / "wav.scp"
-    for needed in (text_path, scp_path):
+    for needed in (text_path, scp_path) if transcripts else (scp_path,):
         if not needed.is_file():
-            raise EvaluationError(f"{needed}: missing; a Kaldi data directory needs wav.scp and text")
-
-    text: dict[str, str] = {}
-    for number, parts in _read_table(text_path, 2, "utt-id transcript", min_fields=1):
-        utt_id, transcript = parts[0], (parts[1] if len(parts) > 1 else "")
-        if utt_id in text:
-            raise EvaluationError(f"{text_path}, line {number}: utterance {utt_id} appears a second time")
-        text[utt_id] = transcript.strip()
-    if not text:
-        raise EvaluationError(f"{text_path}: empty; expected one 'utt-id transcript' line per utterance")
+            raise EvaluationError(f"{needed}: missing; a Kaldi data directory needs {needs}")
 
     wav_scp: dict[str, str] = {}
     for number, parts in _read_table(scp_path, 2, "recording-id path-or-command"):
@@ -129,13 +127,28 @@ def read_data_dir(path: Path) -> DataDir:
             raise EvaluationError(f"{scp_path}, line {number}: recording {parts[0]} appears a second time")
         wav_scp[parts[0]] = parts[1].strip()
 
-    segments = _read_segments(path / "segments", text) if (path / "segments").is_file() else None
+    text: dict[str, str] = {}
+    if transcripts:
+        for number, parts in _read_table(text_path, 2, "utt-id transcript", min_fields=1):
+            utt_id, transcript = parts[0], (parts[1] if len(parts) > 1 else "")
+            if utt_id in text:
+                raise EvaluationError(f"{text_path}, line {number}: utterance {utt_id} appears a second time")
+            text[utt_id] = transcript.strip()
+        if not text:
+            raise EvaluationError(f"{text_path}: empty; expected one 'utt-id transcript' line per utterance")
+    if not wav_scp:
+        raise EvaluationError(f"{scp_path}: empty; expected one 'recording-id path-or-command' line per recording")
+
+    has_segments = (path / "segments").is_file()
+    segments = _read_segments(path / "segments", text if transcripts else None) if has_segments else None
     if segments is None:
-        segments = {utt: Segment(utt) for utt in text}
+        segments = {utt: Segment(utt) for utt in (text if transcripts else wav_scp)}
+    if not transcripts:
+        text = {utt: "" for utt in segments}
     missing = [utt for utt, seg in segments.items() if seg.recording not in wav_scp]
     if missing:
         listed = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        source = "recordings of segments" if (path / "segments").is_file() else "utterances of text"
+        source = "recordings of segments" if has_segments else "utterances of text"
         raise EvaluationError(f"{scp_path}: {len(missing)} {source} have no entry: {listed}")
     unused = len(set(wav_scp) - {seg.recording for seg in segments.values()})
     if unused:
@@ -143,7 +156,8 @@ def read_data_dir(path: Path) -> DataDir:
     return DataDir(path, text, wav_scp, segments)
 
 
-def _read_segments(path: Path, text: dict[str, str]) -> dict[str, Segment]:
+def _read_segments(path: Path, text: dict[str, str] | None) -> dict[str, Segment]:
+    """The segments of the utterances of ``text`` (None: every segment, in file order)."""
     segments: dict[str, Segment] = {}
     for number, parts in _read_table(path, 4, "utt-id recording-id start end"):
         try:
@@ -155,6 +169,8 @@ def _read_segments(path: Path, text: dict[str, str]) -> dict[str, Segment]:
         if not 0 <= start < end and not (start >= 0 and end == -1):
             raise EvaluationError(f"{path}, line {number}: expected 0 <= start < end, found start {start}, end {end}")
         segments[parts[0]] = Segment(parts[1], start, None if end == -1 else end)
+    if text is None:
+        return segments
     missing = [utt for utt in text if utt not in segments]
     if missing:
         listed = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")

@@ -110,9 +110,8 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
                  batch_frames: int | None = None, jobs: int = 0, timeout: float = 3600.0, cache_dir: Path | None = None,
                  graph_cache: Path | None = None, signals: bool = True, normalizer: Normalizer | None = None):
         super().__init__(cache_dir)
+        from kprune.data.features import FeaturePipeline
         from kprune.features.conf import read_kaldi_conf
-        from kprune.features.ivector import OnlineIvectorExtractor
-        from kprune.features.mfcc import MfccOptions, check_mfcc_dim
         from kprune.nnet.compute import resolve_device
 
         if mode not in MODES:
@@ -136,21 +135,14 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         self.normalizer = normalizer or Normalizer()
         conf_dir = self.model_dir / "conf"
         self.model_conf = read_kaldi_conf(conf_dir / "model.conf") if (conf_dir / "model.conf").is_file() else {}
-        self.mfcc_options = MfccOptions.from_file(conf_dir / "mfcc.conf" if (conf_dir / "mfcc.conf").is_file() else None)
         self.dense = self._load_model(self.model_path)
-        check_mfcc_dim(self.mfcc_options, self.dense.input_dim, str(self.model_path))
-        self.extractor = None
-        if self.dense.ivector_dim:
-            # Vosk sets --max-count=100 for its i-vector extractor.
-            self.extractor = OnlineIvectorExtractor.load(self.model_dir / "ivector", max_count=100,
-                                                         ivector_period=ivector_period)
-            if self.extractor.ivector_dim != self.dense.ivector_dim:
-                raise ConfigError(f"{self.model_dir / 'ivector'}: the extractor gives {self.extractor.ivector_dim}-dim "
-                                  f"i-vectors, but {self.model_path} reads {self.dense.ivector_dim}")
+        self.features = FeaturePipeline(self.model_dir, ivector_dim=self.dense.ivector_dim,
+                                        ivector_period=ivector_period, input_dim=self.dense.input_dim,
+                                        model=str(self.model_path))
+        self.mfcc_options, self.extractor = self.features.mfcc_options, self.features.extractor
 
         self.data = datadir.read_data_dir(Path(data_dir))
-        feature_conf = datadir.FeatureConf(self.mfcc_options.sample_frequency, self.mfcc_options.allow_upsample,
-                                           self.mfcc_options.allow_downsample, self.mfcc_options.source)
+        feature_conf = self.features.audio_conf()
         from kprune.evaluate.staging import remove_staged
 
         self.work_dir = Path(tempfile.mkdtemp(prefix="kprune-torch-"))
@@ -160,7 +152,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         if not any(self.refs.values()):
             raise EvaluationError(f"{self.data.path / 'text'}: every transcript is empty after normalisation")
         start = time.perf_counter()
-        self.utts, self.feats, self.num_samples = self._features()
+        self.utts, self.feats, self.num_samples = self.features.mfcc(self.audio)
         self.feature_seconds = time.perf_counter() - start
         self._offline_ivectors: list[np.ndarray] | None = None
         self._decoder = None
@@ -211,28 +203,11 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         except KpruneError as e:
             raise EvaluationError(f"{path}: cannot run the model in torch: {e}") from e
 
-    def _features(self) -> tuple[list[str], list[torch.Tensor], list[int]]:
-        from kprune.features.mfcc import compute_mfcc
-
-        utts, feats, samples = [], [], []
-        for item in self.audio.items:
-            with open(item.path, "rb") as f:
-                f.seek(item.offset)
-                raw = np.frombuffer(f.read(item.nbytes), dtype="<i2")
-            mfcc = compute_mfcc(raw, item.rate, self.mfcc_options)
-            if len(mfcc) == 0:
-                raise EvaluationError(f"{item.path}: utterance {item.utt_id} is shorter than one feature frame")
-            rate_ratio = self.mfcc_options.sample_frequency / item.rate
-            utts.append(item.utt_id)
-            feats.append(mfcc)
-            samples.append(int(round(len(raw) * rate_ratio)))
-        return utts, feats, samples
-
     def _ivectors_offline(self) -> list[np.ndarray | None]:
         if self.extractor is None:
             return [None] * len(self.feats)
         if self._offline_ivectors is None:
-            self._offline_ivectors = [self.extractor.online_ivectors(f.numpy(), self.ivector_period) for f in self.feats]
+            self._offline_ivectors = self.features.ivectors(self.feats)
         return self._offline_ivectors
 
     def decoder(self):

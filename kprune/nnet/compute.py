@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -143,15 +143,9 @@ class AcousticModel:
         when it exists; explicit arguments win over the file.
         """
         path = Path(path)
-        conf_path = Path(model_conf) if model_conf is not None else _default_model_conf(path)
-        conf = read_kaldi_conf(conf_path) if conf_path is not None else {}
-        where = str(conf_path)
-        fsf = frame_subsampling_factor
-        if fsf is None:
-            fsf = _conf_number(conf, "frame-subsampling-factor", int, where) if "frame-subsampling-factor" in conf else 1
-        scale = acoustic_scale
-        if scale is None:
-            scale = _conf_number(conf, "acoustic-scale", float, where) if "acoustic-scale" in conf else 1.0
+        fsf, scale = decoding_options(path, model_conf)
+        fsf = frame_subsampling_factor if frame_subsampling_factor is not None else fsf
+        scale = acoustic_scale if acoustic_scale is not None else scale
         return cls(load_nnet_file(path), frame_subsampling_factor=fsf, acoustic_scale=scale, device=device,
                    output=output)
 
@@ -219,6 +213,47 @@ class AcousticModel:
                 out = self._run_batch([segments[i] for i in batch], per_frame)
                 results.update(zip(batch, out))
         return [results[i] for i in range(len(segments))]
+
+    def compute_observed(self, segments: Sequence[Segment],
+                         observe: Callable[[str, torch.Tensor], None]) -> list[torch.Tensor]:
+        """Like :meth:`compute_segments`, in a single batch, showing every component's input to ``observe``.
+
+        ``observe(component_name, x)`` gets ``x`` as ``[frames, input_dim]``:
+        the frames that the segments own (a segment owns its own output
+        frames' span of input time, ``[start*f, (start+count)*f)`` within its
+        utterance, so pieces of one utterance never count a frame twice), in
+        the column layout of the component's weight (time offsets spliced).
+        It runs before the component is applied, so it may change the
+        component (:meth:`NnetGraph.reload_component` on :attr:`graph` or
+        :meth:`graph_for`): the rest of the batch is then computed with the
+        change, which is how a layer is calibrated on the outputs of
+        already-pruned layers.  All segments are one batch, so each layer sees
+        all of them before any later layer runs.
+        """
+        segments = list(segments)
+        if not segments:
+            return []
+        kinds = {s.per_frame for s in segments}
+        if len(kinds) != 1:
+            raise ConfigError("compute_observed: expected segments that all have per-frame i-vectors or none do")
+        for seg in segments:
+            total = self.num_output_frames(len(seg.feats))
+            if seg.count is None:
+                seg.count = total - seg.start
+        f = self.frame_subsampling_factor
+        # Relative to each segment's start: the owned input times.
+        ends = np.array([min(s.count * f, len(s.feats) - s.start * f) for s in segments], dtype=np.int64)
+
+        def wrapped(node, x: torch.Tensor, times: np.ndarray) -> None:
+            owned = (times[None, :] >= 0) & (times[None, :] < ends[:, None])
+            mask = torch.from_numpy(owned).to(x.device)
+            observe(node.op.name, x[mask])
+
+        return self._run_batch(segments, kinds.pop(), observe=wrapped)
+
+    def graph_for(self, per_frame: bool) -> NnetGraph:
+        """The graph that runs segments with (``per_frame``) or without per-frame i-vectors."""
+        return self._per_frame_graph() if per_frame else self.graph
 
     # ------------------------------------------------------------------ internals
 
@@ -303,7 +338,8 @@ class AcousticModel:
             segment.count = total - segment.start
         return self._run_batch([segment], segment.per_frame, cache=cache)[0]
 
-    def _run_batch(self, batch: list[Segment], per_frame: bool, cache: dict | None = None) -> list[torch.Tensor]:
+    def _run_batch(self, batch: list[Segment], per_frame: bool, cache: dict | None = None,
+                   observe=None) -> list[torch.Tensor]:
         f = self.frame_subsampling_factor
         count = max(s.count for s in batch)
         in_times = np.arange(-self.left_context, (count - 1) * f + self.right_context + 1, dtype=np.int64)
@@ -329,7 +365,7 @@ class AcousticModel:
         elif iv_rows:
             inputs["ivector"] = (torch.stack(iv_rows), np.array([0], dtype=np.int64))
         out_times = np.arange(count, dtype=np.int64) * f + shift
-        y = graph.compute(inputs, {self.output: out_times}, cache=cache)[self.output]
+        y = graph.compute(inputs, {self.output: out_times}, cache=cache, observe=observe)[self.output]
         if self.log_priors is not None:
             y = y - self.log_priors
         if self.acoustic_scale != 1.0:
@@ -348,6 +384,19 @@ class AcousticModel:
         return self._frame_graph
 
 
+def decoding_options(model_path: Path, model_conf: str | os.PathLike | None = None) -> tuple[int, float]:
+    """``--frame-subsampling-factor`` and ``--acoustic-scale`` from a Vosk ``conf/model.conf`` (1 and 1.0 without one).
+
+    ``model_conf`` defaults to ``<dir>/conf/model.conf`` for ``<dir>/am/final.mdl`` when it exists.
+    """
+    conf_path = Path(model_conf) if model_conf is not None else _default_model_conf(Path(model_path))
+    conf = read_kaldi_conf(conf_path) if conf_path is not None else {}
+    where = str(conf_path)
+    fsf = _conf_number(conf, "frame-subsampling-factor", int, where) if "frame-subsampling-factor" in conf else 1
+    scale = _conf_number(conf, "acoustic-scale", float, where) if "acoustic-scale" in conf else 1.0
+    return fsf, scale
+
+
 def _default_model_conf(model_path: Path) -> Path | None:
     candidates = [model_path.parent.parent / "conf" / "model.conf", model_path.parent / "conf" / "model.conf"]
     if model_path.parent.name != "am":
@@ -355,4 +404,4 @@ def _default_model_conf(model_path: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-__all__ = ["AcousticModel", "Segment", "resolve_device", "DEFAULT_FRAMES_PER_CHUNK"]
+__all__ = ["AcousticModel", "Segment", "resolve_device", "decoding_options", "DEFAULT_FRAMES_PER_CHUNK"]

@@ -20,7 +20,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,13 @@ from kprune.nnet.components import ComponentOp, make_op
 from kprune.nnet.plan import Plan, Times, computable, shifted, times_key, unique_times
 
 log = logging.getLogger(__name__)
+
+#: ``observe(node, x, times)``: called with a component node's input ``x``
+#: ``[batch, len(times), input_dim]`` (time offsets spliced, in the column
+#: layout of the component's weight) just before the component is applied.
+#: It may change the component (:meth:`NnetGraph.reload_component`): the
+#: node's output is then computed with the new parameters.
+Observer = Callable[["GraphNode", torch.Tensor, np.ndarray], None]
 
 def _where(name: str) -> str:
     return f"node {name}"
@@ -239,9 +246,30 @@ class NnetGraph:
 
     # ------------------------------------------------------------------ evaluation
 
+    def reload_component(self, component) -> None:
+        """Rebuilds the op of every node that runs ``component`` from its current fields.
+
+        The ops hold copies of the parameters (on the graph's device), so a
+        change to the model file's values reaches the computation only through
+        this call.
+        """
+        for node in self.nodes.values():
+            if node.op is not None and node.op.name == component.name:
+                node.op = make_op(component).to(self.device, self.dtype)
+
+    def component_nodes(self) -> dict[str, list[str]]:
+        """Component name -> the names of the nodes that run it, in computation order."""
+        out: dict[str, list[str]] = {}
+        for name in self.order:
+            node = self.nodes[name]
+            if node.op is not None:
+                out.setdefault(node.op.name, []).append(name)
+        return out
+
     @torch.inference_mode()
     def compute(self, inputs: Mapping[str, tuple[torch.Tensor, Times]],
-                outputs: Mapping[str, Times], cache: dict | None = None) -> dict[str, torch.Tensor]:
+                outputs: Mapping[str, Times], cache: dict | None = None,
+                observe: Observer | None = None) -> dict[str, torch.Tensor]:
         """Evaluate ``outputs`` (name -> times) from ``inputs`` (name -> (tensor [B, T, D], times)).
 
         Every input tensor has the batch size B; row ``i`` of its time axis is
@@ -254,6 +282,10 @@ class NnetGraph:
         Kaldi's looped computation: a stream of requests that overlap by the
         context computes each frame once.  It is valid only while the inputs at
         those times do not change.
+
+        ``observe`` (see :data:`Observer`) sees every component node's input
+        before the component is applied; the capture of calibration
+        statistics uses it.
         """
         batch = None
         values: dict[str, tuple[Times, torch.Tensor]] = {}
@@ -299,7 +331,7 @@ class NnetGraph:
                 if old is not None and old[1].shape[0] == batch:
                     value = self._merge(node, times, old, values, batch)
                 else:
-                    value = self._component(node, times, values, batch)
+                    value = self._component(node, times, values, batch, observe)
                 if cache is not None:
                     cache[name] = (times, value)
             for dep in node.deps:
@@ -316,11 +348,14 @@ class NnetGraph:
             out[name] = _take(results[name], np.searchsorted(plan.times[name], want))
         return out
 
-    def _component(self, node: GraphNode, times: Times, values, batch: int) -> torch.Tensor:
+    def _component(self, node: GraphNode, times: Times, values, batch: int,
+                   observe: Observer | None = None) -> torch.Tensor:
         at = shifted(times, node.offsets)
         x = self._evaluate(node.descriptor, at, values, batch)
         if node.offsets != (0,):
             x = torch.cat([_take(x, np.searchsorted(at, times + o)) for o in node.offsets], dim=-1)
+        if observe is not None:
+            observe(node, x, times)
         return node.op(x)
 
     def _merge(self, node: GraphNode, times: Times, old: tuple[Times, torch.Tensor], values, batch: int) -> torch.Tensor:

@@ -65,6 +65,11 @@ class Method:
     rule: Rule
     aliases: tuple[str, ...] = ()
     fraction: bool = False
+    #: Needs calibration statistics (:mod:`kprune.pruning.calibrated`); its rule is
+    #: ``rule(weight, stats, threshold, config) -> (mask, new weight or None)``, one layer at a time.
+    calibrated: bool = False
+    #: Has an N:M form (``method.pattern``).
+    supports_pattern: bool = False
 
     @property
     def summary(self) -> str:
@@ -77,12 +82,14 @@ _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register_method(name: str, aliases: Sequence[str] = (), fraction: bool = False) -> Callable[[Rule], Rule]:
+def register_method(name: str, aliases: Sequence[str] = (), fraction: bool = False, *,
+                    calibrated: bool = False, supports_pattern: bool = False) -> Callable[[Rule], Rule]:
     """Registers ``rule(weights, threshold) -> masks`` under ``name`` and ``aliases``.
 
     ``fraction=True`` restricts the threshold to [0, 1].  The rule must return
     one bool mask per weight tensor (same shape and device), True where pruned,
-    and must not modify the weights.
+    and must not modify the weights.  ``calibrated=True`` registers a rule that
+    works one layer at a time from calibration statistics (see :class:`Method`).
     """
 
     def decorate(rule: Rule) -> Rule:
@@ -90,7 +97,7 @@ def register_method(name: str, aliases: Sequence[str] = (), fraction: bool = Fal
             if key in _METHODS or key in _ALIASES:
                 raise ConfigError(f"pruning method name {key!r} is already registered "
                                   f"(for {_ALIASES.get(key, key)!r})")
-        _METHODS[name] = Method(name, rule, tuple(aliases), fraction)
+        _METHODS[name] = Method(name, rule, tuple(aliases), fraction, calibrated, supports_pattern)
         for alias in aliases:
             _ALIASES[alias] = name
         return rule
@@ -140,6 +147,8 @@ def compute_masks(method: str | Method, weights: Sequence[torch.Tensor], thresho
     path, torch.quantile included; the tests run it on the CPU against the NumPy one.
     """
     m = get_method(method)
+    if m.calibrated:
+        raise ConfigError(f"method {m.name!r} needs calibration statistics; prune with kprune.pruning.prune_model")
     t = validate_threshold(m, threshold)
     weights = list(weights)
     for i, w in enumerate(weights):
@@ -153,7 +162,7 @@ def compute_masks(method: str | Method, weights: Sequence[torch.Tensor], thresho
 # The rules
 
 
-@register_method("abs")
+@register_method("abs", supports_pattern=True)
 def abs_rule(weights: Sequence[torch.Tensor], threshold: float, *, impl: str = "auto") -> list[torch.Tensor]:
     """Prunes |w| < t (strictly), in every layer.
 
@@ -195,7 +204,7 @@ def pct_rule(weights: Sequence[torch.Tensor], threshold: float, *, impl: str = "
     return [_map(w, impl, _pct_numpy, _pct_torch, frac) for w in weights]
 
 
-@register_method("global_pct", fraction=True)
+@register_method("global_pct", fraction=True, supports_pattern=True)
 def global_pct_rule(weights: Sequence[torch.Tensor], threshold: float, *, impl: str = "auto") -> list[torch.Tensor]:
     """Prunes the fraction t of all given weights with the smallest magnitudes, with one
     threshold for all layers: the ``abs`` rule reached through a target sparsity.
@@ -241,6 +250,55 @@ def layer_std(weight: torch.Tensor) -> float:
     x -= np.add.reduce(x) / x.size
     np.square(x, out=x)
     return math.sqrt(float(np.add.reduce(x)) / x.size)
+
+
+@register_method("magnitude", fraction=True, supports_pattern=True)
+def magnitude_rule(weights: Sequence[torch.Tensor], threshold: float, *, impl: str = "auto") -> list[torch.Tensor]:
+    """Prunes, in every output row of every layer, the fraction t of its weights with the smallest
+    magnitudes (uniform per-row magnitude pruning; Wanda's selection with the weights as scores).
+
+    Of a row's ``n`` weights, exactly ``k = floor(t * n)`` are pruned: the ``k`` smallest
+    magnitudes, ties broken by position (the lower input index goes first), so every row
+    has the same sparsity.  ``t`` is read as its decimal value.
+    """
+    return [row_fraction_mask(w.detach().abs(), threshold) for w in weights]
+
+
+def row_fraction_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """True at the ``floor(t * n)`` lowest scores of each row of ``scores`` ``[rows, n]``.
+
+    Ties are broken by position (a stable sort), so each row gets exactly that
+    many; NaN scores sort last.
+    """
+    if scores.numel() == 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    k = fraction_count(threshold, scores.shape[1])
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if k:
+        order = torch.sort(scores.nan_to_num(nan=math.inf), dim=1, stable=True).indices[:, :k]
+        mask.scatter_(1, order, True)
+    return mask
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """N:M semi-structured mask: in every group of ``m`` consecutive inputs of a row, the ``n`` lowest scores.
+
+    ``scores`` is ``[rows, inputs]``.  A trailing group shorter than ``m`` prunes
+    ``floor(n * len / m)`` of its entries.  Ties go to the lower input index.
+    """
+    rows, cols = scores.shape
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    full = cols - cols % m
+    if full:
+        groups = scores[:, :full].reshape(rows, full // m, m).nan_to_num(nan=math.inf)
+        order = torch.sort(groups, dim=2, stable=True).indices[:, :, :n]
+        mask[:, :full] = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, order, True).reshape(rows, full)
+    rest = cols - full
+    if rest and n * rest // m:
+        tail = scores[:, full:].nan_to_num(nan=math.inf)
+        order = torch.sort(tail, dim=1, stable=True).indices[:, :n * rest // m]
+        mask[:, full:] = torch.zeros_like(tail, dtype=torch.bool).scatter_(1, order, True)
+    return mask
 
 
 # ----------------------------------------------------------------------------

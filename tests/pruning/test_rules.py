@@ -85,9 +85,9 @@ def test_registry_lists_every_rule_with_aliases():
 
 def test_unknown_method_lists_known_ones():
     with pytest.raises(ConfigError) as e:
-        get_method("magnitude")
+        get_method("movement")
     msg = str(e.value)
-    assert "'magnitude'" in msg
+    assert "'movement'" in msg
     for name in ALL:
         assert name in msg
     assert "pos (+)" in msg and "neg (-)" in msg

@@ -1,0 +1,166 @@
+"""Calibrated rules: the mask (and, for SparseGPT, the kept weights) chosen from the layer's inputs.
+
+Each rule works on one layer ``y = W x + b`` at a time, with the
+:class:`~kprune.pruning.statistics.InputStatistics` of the inputs that layer
+sees on the calibration audio, and returns a :class:`LayerPruning`.
+
+* ``wanda`` (Sun et al. 2023, "A Simple and Effective Pruning Approach for
+  Large Language Models"; reference code ``locuslab/wanda``): the score of
+  ``W_ij`` is ``|W_ij| * ‖X_j‖₂``, the norm of input column ``j`` over the
+  calibration frames, and each output row loses the fraction ``t`` of its
+  weights with the lowest scores (Wanda's per-output comparison group).  The
+  kept weights are not changed.  It is :func:`row_fraction_mask` fed other
+  scores: ``magnitude`` with ``‖X_j‖ = 1``.
+* ``sparsegpt`` (Frantar & Alistarh 2023, "SparseGPT: Massive Language Models
+  Can Be Accurately Pruned in One-Shot"; ``IST-DASLab/sparsegpt``): layer-wise
+  Optimal Brain Surgeon.  With ``H = Σ x xᵀ`` damped by ``dampening`` x its mean
+  diagonal, the columns are visited left to right in blocks of ``block_size``;
+  in each block the fraction ``t`` of weights with the lowest
+  ``w² / [H⁻¹]_jj²`` is pruned (for ``N:M``, the ``N`` lowest of every ``M``
+  columns of a row), and each pruned column's error is spread over the
+  columns to its right through the Cholesky factor of ``H⁻¹`` (lazy batch
+  updates), so the kept weights compensate.  Where the layer has a bias it
+  takes part as a last, never-pruned column with constant input 1, so the
+  bias compensates too.  If the Cholesky factorisation fails the dampening is
+  multiplied by 10 (and logged) until it succeeds.
+
+With ``target=True`` (the statistics hold ``Σ y* xᵀ`` for a target output
+``y*``, such as the dense network's output at that layer) SparseGPT starts from the unpruned
+least-squares weights for that target, ``W' = C H⁻¹``, rather than from
+``W``: the OBS loss on ``W' x`` then equals the loss on ``y*`` up to a constant.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kprune.pruning.config import MethodConfig
+from kprune.pruning.rules import nm_mask, register_method, row_fraction_mask
+from kprune.pruning.statistics import InputStatistics
+
+log = logging.getLogger(__name__)
+
+#: How often the dampening may be multiplied by 10 after a failed Cholesky factorisation.
+MAX_DAMPENING_RETRIES = 8
+
+
+@dataclass
+class LayerPruning:
+    """What a rule decided for one layer: the mask (True = pruned) and, if it changed them, new weights and bias."""
+
+    mask: torch.Tensor
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@register_method("wanda", fraction=True, calibrated=True, supports_pattern=True)
+def wanda_rule(weight: torch.Tensor, stats: InputStatistics, threshold: float, config: MethodConfig, *,
+               bias: torch.Tensor | None = None, target: bool = False) -> LayerPruning:
+    """Prunes, in each output row, the fraction t of weights with the lowest |W_ij| * ||X_j||_2
+    (Sun et al. 2023); with method.pattern=N:M, the N lowest of every M inputs of a row."""
+    scores = weight.detach().abs().double() * stats.column_norms.to(weight.device)[None, :]
+    return LayerPruning(wanda_mask(scores, threshold, config))
+
+
+def wanda_mask(scores: torch.Tensor, threshold: float, config: MethodConfig) -> torch.Tensor:
+    if config.pattern is not None:
+        return nm_mask(scores, config.pattern.n, config.pattern.m)
+    return row_fraction_mask(scores, threshold)
+
+
+@register_method("sparsegpt", fraction=True, calibrated=True, supports_pattern=True)
+def sparsegpt_rule(weight: torch.Tensor, stats: InputStatistics, threshold: float, config: MethodConfig, *,
+                   bias: torch.Tensor | None = None, target: bool = False) -> LayerPruning:
+    """Layer-wise OBS reconstruction with lazy batch updates (Frantar & Alistarh 2023): prunes the
+    fraction t of each block of columns with the lowest w^2 / [H^-1]_jj^2 and updates the kept weights."""
+    rows, cols = weight.shape
+    has_bias = bias is not None
+    if has_bias:
+        hessian, cross = stats.augmented()
+        w = torch.cat([weight.double(), bias.double()[:, None]], dim=1)
+    else:
+        hessian, cross = stats.gram.clone(), stats.cross
+        w = weight.double().clone()
+    hessian = hessian.to(weight.device)
+    dead = hessian.diagonal() == 0
+    hessian[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    damp0 = config.dampening * float(hessian.diagonal().mean())
+    chol, damp = _damped_cholesky(hessian, damp0)
+    notes: dict[str, Any] = {"dampening": damp / float(hessian.diagonal().mean()) if damp0 else 0.0}
+    if damp > damp0 * 1.0000001 and damp0 > 0:
+        notes["dampening_raised"] = True
+    if target:
+        if cross is None:
+            raise ValueError("sparsegpt: a target was asked for, but the statistics hold none")
+        # W' = C H^-1: the unpruned least-squares weights for the target.
+        w = torch.cholesky_solve(cross.to(hessian).T, chol).T.contiguous()
+    hinv = torch.cholesky_inverse(chol)
+    hinv = torch.linalg.cholesky(hinv, upper=True)
+    mask = torch.zeros(rows, w.shape[1], dtype=torch.bool, device=weight.device)
+    prunable = cols  # the bias column (last) is never pruned
+    for i1 in range(0, prunable, config.block_size):
+        i2 = min(i1 + config.block_size, prunable)
+        count = i2 - i1
+        w1 = w[:, i1:i2].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d1 = hinv1.diagonal()
+        mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        if config.pattern is None:
+            saliency = w1 ** 2 / d1[None, :] ** 2
+            k = _fraction_count(threshold, saliency.numel())
+            if k:
+                order = torch.sort(saliency.flatten(), stable=True).indices[:k]
+                mask1.view(-1)[order] = True
+        n, m = (config.pattern.n, config.pattern.m) if config.pattern is not None else (0, 0)
+        for i in range(count):
+            col = w1[:, i]
+            d = hinv1[i, i]
+            if n and i % m == 0:
+                span = min(m, count - i)
+                saliency = w1[:, i:i + span] ** 2 / d1[i:i + span][None, :] ** 2
+                mask1[:, i:i + span] = nm_mask(saliency, n, m) if span == m else \
+                    nm_mask(saliency, n * span // m, span) if n * span // m else False
+            q = col.clone()
+            q[mask1[:, i]] = 0.0
+            q1[:, i] = q
+            err = (col - q) / d
+            w1[:, i:] -= err[:, None] @ hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i1:i2] = q1
+        mask[:, i1:i2] = mask1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    new_weight = w[:, :cols].to(weight.dtype)
+    new_weight[mask[:, :cols]] = 0.0
+    new_bias = w[:, cols].to(bias.dtype) if has_bias else None
+    return LayerPruning(mask[:, :cols], new_weight, new_bias, notes)
+
+
+def _fraction_count(threshold: float, n: int) -> int:
+    from kprune.pruning.rules import fraction_count
+
+    return fraction_count(threshold, n)
+
+
+def _damped_cholesky(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
+    """The Cholesky factor of ``H + damp I``; ``damp`` is multiplied by 10 until it succeeds."""
+    scale = float(hessian.diagonal().mean()) or 1.0
+    damp = damp if damp > 0 else 0.0
+    for attempt in range(MAX_DAMPENING_RETRIES + 1):
+        damped = hessian.clone()
+        damped.diagonal().add_(damp)
+        chol, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            return chol, damp
+        new = damp * 10 if damp > 0 else 1e-6 * scale
+        log.warning("Cholesky factorisation of the Hessian failed with dampening %.3g (%.3g of the mean diagonal); "
+                    "retrying with %.3g", damp, damp / scale, new)
+        damp = new
+    raise torch.linalg.LinAlgError(f"the Hessian is not positive definite even with dampening {damp:.3g}")

@@ -1,0 +1,110 @@
+"""Repairs after a rule: mend what the pruning disturbed, from calibration statistics.
+
+All three are closed-form and run one layer (or BatchNorm) at a time:
+
+* :func:`bias_correction`: ``b += (W - Ŵ) E[x]``, the expected contribution of
+  the removed (and changed) weights on the inputs the layer sees.
+* :func:`refit`: with the mask fixed, each output row's kept weights (and the
+  bias, as a constant-1 input) are the damped least-squares solution
+  ``(H̃_SS + λI) w_S = c_S`` where ``H̃ = Σ x̃ x̃ᵀ`` over the calibration frames
+  (``x̃ = [x; 1]``) and ``c = Σ y* x̃ᵀ`` for the target ``y*``: the dense
+  layer's own output on these inputs (``c = W̃ H̃``) or the dense network's
+  output at that layer (recorded by the calibration pass).  ``λ`` is
+  ``dampening`` x the mean of ``diag H̃``.
+* :func:`update_batchnorm`: new ``<StatsMean>``/``<StatsVar>`` from the
+  calibration moments of the BatchNorm's input in the pruned network,
+  ``plain`` (those moments) or ``delta`` (the stored statistics moved by the
+  change the pruning caused: ``mean + (pruned - dense)``, ``var x pruned / dense``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kprune.pruning.statistics import InputStatistics, MomentStatistics
+
+
+def bias_correction(dense_weight: torch.Tensor, new_weight: torch.Tensor, bias: torch.Tensor,
+                    stats: InputStatistics) -> torch.Tensor:
+    """The bias that keeps the layer's mean output on these inputs: ``b + (W - Ŵ) E[x]``."""
+    delta = (dense_weight.double() - new_weight.double()) @ stats.mean.to(dense_weight.device)
+    return (bias.double() + delta).to(bias.dtype)
+
+
+def refit(mask: torch.Tensor, stats: InputStatistics, *, dense_weight: torch.Tensor,
+          dense_bias: torch.Tensor | None, bias: bool, target: str = "layer", dampening: float = 0.01,
+          rows_per_solve: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Least-squares kept weights (and bias) for a fixed mask; returns the new weight and bias.
+
+    ``target`` is ``layer`` (``y* = W x + b``, the dense layer on the inputs
+    it now sees) or ``network`` (the target recorded in ``stats.cross``).
+    ``bias`` says whether the layer has a bias to refit.  Rows are solved in
+    batches: each row's kept columns are gathered (padded to the batch's
+    largest count with identity rows that solve to 0).
+    """
+    rows, cols = mask.shape
+    device = dense_weight.device
+    if bias:
+        gram, cross = stats.augmented()
+        w_dense = torch.cat([dense_weight.double(), dense_bias.double()[:, None]], dim=1)
+        keep = torch.cat([~mask, torch.ones(rows, 1, dtype=torch.bool, device=mask.device)], dim=1)
+    else:
+        gram, cross = stats.gram, stats.cross
+        w_dense = dense_weight.double()
+        keep = ~mask
+    gram = gram.to(device)
+    if target == "network":
+        if cross is None:
+            raise ValueError("refit toward the network's output: the statistics hold no target")
+        rhs = cross.to(device)
+    else:
+        rhs = w_dense @ gram
+    lam = dampening * float(gram.diagonal().mean()) if gram.numel() else 0.0
+    out = torch.zeros_like(w_dense)
+    counts = keep.sum(dim=1)
+    order = torch.argsort(counts, descending=True)
+    for start in range(0, rows, rows_per_solve):
+        batch = order[start:start + rows_per_solve]
+        k = int(counts[batch].max())
+        if k == 0:
+            continue
+        # Each row's kept columns first (stable), padded with pruned ones that are masked off.
+        idx = torch.sort((~keep[batch]).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        valid = torch.gather(keep[batch], 1, idx)
+        a = gram[idx[:, :, None], idx[:, None, :]]
+        pair = valid[:, :, None] & valid[:, None, :]
+        a = torch.where(pair, a, torch.zeros((), dtype=a.dtype, device=device))
+        eye = torch.eye(k, dtype=a.dtype, device=device)
+        diag_fill = torch.where(valid, torch.full_like(valid, 1, dtype=a.dtype) * lam,
+                                torch.ones_like(valid, dtype=a.dtype))
+        a = a + eye * diag_fill[:, None, :]
+        b = torch.where(valid, torch.gather(rhs[batch], 1, idx), torch.zeros((), dtype=a.dtype, device=device))
+        solution = torch.linalg.solve(a, b[:, :, None])[:, :, 0]
+        solution = torch.where(valid, solution, torch.zeros((), dtype=a.dtype, device=device))
+        out[batch[:, None], idx] = solution
+    new_weight = out[:, :cols].to(dense_weight.dtype)
+    new_weight[mask] = 0.0
+    new_bias = out[:, cols].to(dense_bias.dtype) if bias else None
+    return new_weight, new_bias
+
+
+def update_batchnorm(stored_mean: torch.Tensor, stored_var: torch.Tensor, pruned: MomentStatistics,
+                     dense: MomentStatistics | None, mode: str = "delta") -> tuple[torch.Tensor, torch.Tensor]:
+    """New ``(<StatsMean>, <StatsVar>)`` of a BatchNormComponent (float32, like the stored ones).
+
+    ``plain``: the pruned network's calibration mean and variance.  ``delta``:
+    the stored ones shifted by the pruned-minus-dense calibration mean and
+    scaled by the pruned-over-dense calibration variance (a dense variance of 0
+    leaves the stored variance as it is).
+    """
+    if mode == "plain":
+        mean, var = pruned.mean, pruned.var
+    elif mode == "delta":
+        if dense is None:
+            raise ValueError("the delta BatchNorm update needs the dense network's calibration moments")
+        mean = stored_mean.double() + (pruned.mean - dense.mean).to(stored_mean.device)
+        ratio = torch.where(dense.var > 0, pruned.var / dense.var.clamp_min(1e-30), torch.ones_like(dense.var))
+        var = stored_var.double() * ratio.to(stored_var.device)
+    else:
+        raise ValueError(f"BatchNorm update mode: expected delta or plain, found {mode!r}")
+    return mean.to(stored_mean.dtype), var.to(stored_var.dtype)
