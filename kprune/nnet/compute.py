@@ -214,8 +214,8 @@ class AcousticModel:
                 results.update(zip(batch, out))
         return [results[i] for i in range(len(segments))]
 
-    def compute_observed(self, segments: Sequence[Segment],
-                         observe: Callable[[str, torch.Tensor], None]) -> list[torch.Tensor]:
+    def compute_observed(self, segments: Sequence[Segment], observe: Callable[[str, torch.Tensor], None],
+                         components: set[str] | frozenset[str] | None = None) -> list[torch.Tensor]:
         """Like :meth:`compute_segments`, in a single batch, showing every component's input to ``observe``.
 
         ``observe(component_name, x)`` gets ``x`` as ``[frames, input_dim]``:
@@ -228,7 +228,8 @@ class AcousticModel:
         :meth:`graph_for`): the rest of the batch is then computed with the
         change, which is how a layer is calibrated on the outputs of
         already-pruned layers.  All segments are one batch, so each layer sees
-        all of them before any later layer runs.
+        all of them before any later layer runs.  ``components`` limits the
+        calls to those components (default: every one).
         """
         segments = list(segments)
         if not segments:
@@ -245,6 +246,8 @@ class AcousticModel:
         ends = np.array([min(s.count * f, len(s.feats) - s.start * f) for s in segments], dtype=np.int64)
 
         def wrapped(node, x: torch.Tensor, times: np.ndarray) -> None:
+            if components is not None and node.op.name not in components:
+                return
             owned = (times[None, :] >= 0) & (times[None, :] < ends[:, None])
             mask = torch.from_numpy(owned).to(x.device)
             observe(node.op.name, x[mask])

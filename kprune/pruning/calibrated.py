@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from kprune.pruning.config import MethodConfig
+from kprune.pruning.linalg import solve_spd
 from kprune.pruning.rules import nm_mask, register_method, row_fraction_mask
 from kprune.pruning.statistics import InputStatistics
 
@@ -99,48 +100,59 @@ def sparsegpt_rule(weight: torch.Tensor, stats: InputStatistics, threshold: floa
         if cross is None:
             raise ValueError("sparsegpt: a target was asked for, but the statistics hold none")
         # W' = C H^-1: the unpruned least-squares weights for the target.
-        w = torch.cholesky_solve(cross.to(hessian).T, chol).T.contiguous()
-    hinv = torch.cholesky_inverse(chol)
-    hinv = torch.linalg.cholesky(hinv, upper=True)
+        damped = hessian.clone()
+        damped.diagonal().add_(damp)
+        w = solve_spd(damped, cross.to(hessian).T, chol).T.contiguous()
+    # The upper Cholesky factor of H^-1, in float32 like the reference implementation.
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True).double()
     mask = torch.zeros(rows, w.shape[1], dtype=torch.bool, device=weight.device)
-    prunable = cols  # the bias column (last) is never pruned
-    for i1 in range(0, prunable, config.block_size):
-        i2 = min(i1 + config.block_size, prunable)
-        count = i2 - i1
+    for i1 in range(0, cols, config.block_size):  # the bias column (last, if any) is never pruned
+        i2 = min(i1 + config.block_size, cols)
         w1 = w[:, i1:i2].clone()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
-        d1 = hinv1.diagonal()
-        mask1 = torch.zeros_like(w1, dtype=torch.bool)
-        if config.pattern is None:
-            saliency = w1 ** 2 / d1[None, :] ** 2
-            k = _fraction_count(threshold, saliency.numel())
-            if k:
-                order = torch.sort(saliency.flatten(), stable=True).indices[:k]
-                mask1.view(-1)[order] = True
-        n, m = (config.pattern.n, config.pattern.m) if config.pattern is not None else (0, 0)
-        for i in range(count):
-            col = w1[:, i]
-            d = hinv1[i, i]
-            if n and i % m == 0:
-                span = min(m, count - i)
-                saliency = w1[:, i:i + span] ** 2 / d1[i:i + span][None, :] ** 2
-                mask1[:, i:i + span] = nm_mask(saliency, n, m) if span == m else \
-                    nm_mask(saliency, n * span // m, span) if n * span // m else False
-            q = col.clone()
-            q[mask1[:, i]] = 0.0
-            q1[:, i] = q
-            err = (col - q) / d
-            w1[:, i:] -= err[:, None] @ hinv1[i, i:][None, :]
-            err1[:, i] = err
-        w[:, i1:i2] = q1
+        mask1, err1 = _obs_block(w1, hinv1, threshold, config)
+        w[:, i1:i2] = w1.masked_fill(mask1, 0.0)
         mask[:, i1:i2] = mask1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # the lazy batch update of the columns to the right
     new_weight = w[:, :cols].to(weight.dtype)
     new_weight[mask[:, :cols]] = 0.0
     new_bias = w[:, cols].to(bias.dtype) if has_bias else None
     return LayerPruning(mask[:, :cols], new_weight, new_bias, notes)
+
+
+def _obs_block(w1: torch.Tensor, hinv1: torch.Tensor, threshold: float,
+               config: MethodConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of SparseGPT's column loop, in place on ``w1``; returns the block's mask and errors.
+
+    After column ``i`` is visited, ``w1[:, i]`` holds its pruned value ``q``
+    (the update ``w1[:, i:] -= err * Hinv[i, i:]`` with ``err = (w - q) / d``
+    turns ``w`` into ``q`` there), so the block's result is ``w1`` with the
+    masked entries set to 0.  The errors ``(w - q) / d`` of its columns are
+    returned for the update of the columns to the block's right.
+    """
+    count = w1.shape[1]
+    d1 = hinv1.diagonal()
+    mask1 = torch.zeros_like(w1, dtype=torch.bool)
+    if config.pattern is None:
+        saliency = w1 ** 2 / d1[None, :] ** 2
+        k = _fraction_count(threshold, saliency.numel())
+        if k:
+            mask1.view(-1)[torch.sort(saliency.flatten(), stable=True).indices[:k]] = True
+    n, m = (config.pattern.n, config.pattern.m) if config.pattern is not None else (0, 0)
+    err1 = torch.zeros_like(w1)
+    scaled = mask1.to(w1.dtype) / d1[None, :]  # err = w * mask / d
+    for i in range(count):
+        if n and i % m == 0:
+            span = min(m, count - i)
+            prune = n * span // m
+            if prune:
+                saliency = w1[:, i:i + span] ** 2 / d1[i:i + span][None, :] ** 2
+                mask1[:, i:i + span] = nm_mask(saliency, prune, span)
+                scaled[:, i:i + span] = mask1[:, i:i + span].to(w1.dtype) / d1[i:i + span][None, :]
+        err = w1[:, i] * scaled[:, i]
+        err1[:, i] = err
+        w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1.0)
+    return mask1, err1
 
 
 def _fraction_count(threshold: float, n: int) -> int:
@@ -150,13 +162,13 @@ def _fraction_count(threshold: float, n: int) -> int:
 
 
 def _damped_cholesky(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """The Cholesky factor of ``H + damp I``; ``damp`` is multiplied by 10 until it succeeds."""
+    """The float32 Cholesky factor of ``H + damp I``; ``damp`` is multiplied by 10 until it succeeds."""
     scale = float(hessian.diagonal().mean()) or 1.0
     damp = damp if damp > 0 else 0.0
     for attempt in range(MAX_DAMPENING_RETRIES + 1):
         damped = hessian.clone()
         damped.diagonal().add_(damp)
-        chol, info = torch.linalg.cholesky_ex(damped)
+        chol, info = torch.linalg.cholesky_ex(damped.float())
         if int(info) == 0:
             return chol, damp
         new = damp * 10 if damp > 0 else 1e-6 * scale

@@ -118,6 +118,8 @@ class CalibratedPruning:
         self.target = repair.refit_target if "refit" in repair.steps else "layer"
         self.batchnorms = [n for n in model.batchnorms if n in nodes] if "bn" in repair.steps else []
         self.result = PruneResult()
+        # Wanda and the bias correction read column norms and means only; SparseGPT and refit need Σ x xᵀ.
+        self._full_stats = method.name == "sparsegpt" or "refit" in repair.steps
         self.masks_before: dict[str, torch.Tensor] = {}
         if not self.rule.calibrated:
             self.masks_before = _weight_rule_masks(model, self.selected, method, threshold, device)
@@ -161,7 +163,7 @@ class CalibratedPruning:
     def _forward(self, observe) -> None:
         start = time.perf_counter()
         before = self.timings["statistics_seconds"] + self.timings["solve_seconds"]
-        self.am.compute_observed(self._segments(), observe)
+        self.am.compute_observed(self._segments(), observe, frozenset(self.selected) | frozenset(self.batchnorms))
         spent = self.timings["statistics_seconds"] + self.timings["solve_seconds"] - before
         self.timings["forward_seconds"] += time.perf_counter() - start - spent
 
@@ -177,7 +179,7 @@ class CalibratedPruning:
             self.dense_outputs[name] = F.linear(x, layer.weight.to(x), None if layer.bias is None else
                                                 layer.bias.to(x))
         else:
-            st = self.dense_stats.setdefault(name, InputStatistics(x.shape[1], self.device))
+            st = self.dense_stats.setdefault(name, InputStatistics(x.shape[1], self.device, full=self._full_stats))
             st.add(x, target=None)
         self.timings["statistics_seconds"] += time.perf_counter() - start
 
@@ -186,7 +188,7 @@ class CalibratedPruning:
             self._update_batchnorm(name, x)
         elif name in self.selected and name not in self.result.masks:
             start = time.perf_counter()
-            stats = InputStatistics(x.shape[1], self.device)
+            stats = InputStatistics(x.shape[1], self.device, full=self._full_stats)
             stats.add(x, target=self.dense_outputs.pop(name, None))
             self.timings["statistics_seconds"] += time.perf_counter() - start
             self._prune_layer(name, stats)

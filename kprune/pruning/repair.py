@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from kprune.pruning.linalg import solve_spd
 from kprune.pruning.statistics import InputStatistics, MomentStatistics
 
 
@@ -79,7 +80,7 @@ def refit(mask: torch.Tensor, stats: InputStatistics, *, dense_weight: torch.Ten
                                 torch.ones_like(valid, dtype=a.dtype))
         a = a + eye * diag_fill[:, None, :]
         b = torch.where(valid, torch.gather(rhs[batch], 1, idx), torch.zeros((), dtype=a.dtype, device=device))
-        solution = torch.linalg.solve(a, b[:, :, None])[:, :, 0]
+        solution = solve_spd(a, b[:, :, None])[:, :, 0]
         solution = torch.where(valid, solution, torch.zeros((), dtype=a.dtype, device=device))
         out[batch[:, None], idx] = solution
     new_weight = out[:, :cols].to(dense_weight.dtype)

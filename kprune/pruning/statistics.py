@@ -19,13 +19,16 @@ BLOCK_FRAMES = 4096
 
 
 class InputStatistics:
-    """Running ``n``, ``Σx``, ``Σx xᵀ`` and optionally ``Σ y* xᵀ`` of a layer's inputs."""
+    """Running ``n``, ``Σx``, per-column ``Σx²``, ``Σx xᵀ`` (unless ``full=False``) and optionally
+    ``Σ y* xᵀ`` of a layer's inputs."""
 
-    def __init__(self, dim: int, device: torch.device | str = "cpu"):
+    def __init__(self, dim: int, device: torch.device | str = "cpu", *, full: bool = True):
         self.dim = dim
         self.count = 0
+        self.full = full
         self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
-        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.sumsq = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device) if full else None
         self.cross: torch.Tensor | None = None
         self.target_sum: torch.Tensor | None = None
 
@@ -38,8 +41,10 @@ class InputStatistics:
             self.target_sum = torch.zeros(target.shape[1], dtype=torch.float64, device=self.sum.device)
         for start in range(0, len(x), BLOCK_FRAMES):
             xb = x[start:start + BLOCK_FRAMES].float()
-            self.gram += (xb.T @ xb).double()
+            if self.full:
+                self.gram += (xb.T @ xb).double()
             self.sum += xb.sum(dim=0, dtype=torch.float64)
+            self.sumsq += (xb * xb).sum(dim=0, dtype=torch.float64)
             if target is not None:
                 tb = target[start:start + BLOCK_FRAMES].float()
                 self.cross += (tb.T @ xb).double()
@@ -53,10 +58,12 @@ class InputStatistics:
     @property
     def column_norms(self) -> torch.Tensor:
         """‖X_j‖₂ over the frames, per input column (Wanda's activation norm)."""
-        return self.gram.diagonal().clamp_min(0).sqrt()
+        return self.sumsq.clamp_min(0).sqrt()
 
     def augmented(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``Σ x̃ x̃ᵀ`` and ``Σ y* x̃ᵀ`` for ``x̃ = [x; 1]``: the bias as a constant-1 input (last column)."""
+        if self.gram is None:
+            raise ValueError("these statistics were gathered without Σ x xᵀ (full=False)")
         d = self.dim
         gram = torch.empty(d + 1, d + 1, dtype=torch.float64, device=self.gram.device)
         gram[:d, :d] = self.gram
