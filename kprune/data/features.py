@@ -203,7 +203,7 @@ def feature_set_from_archives(feats_scp: Path, ivectors_scp: Path | None, *, inp
         if ivector_dim and item.ivectors.shape[1] != ivector_dim:
             raise ConfigError(f"{ivectors_scp}: expected {ivector_dim}-dim i-vectors for {utt}, "
                               f"found {item.ivectors.shape[1]}")
-    return FeatureSet(utts, [torch.from_numpy(table[u].feats) for u in utts],
+    return FeatureSet(utts, [torch.tensor(table[u].feats) for u in utts],
                       [table[u].ivectors if ivector_dim else None for u in utts], period)
 
 

@@ -58,8 +58,9 @@ class ComponentOp:
         return self.fn(self, x)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ComponentOp:
-        """Moves the weights (in place) and returns self."""
-        self.weights = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in self.weights.items()}
+        """Moves the weights (in place) and returns self; ``dtype`` applies to floating-point ones only."""
+        self.weights = {k: v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
+                        for k, v in self.weights.items()}
         return self
 
 

@@ -93,8 +93,8 @@ def sparsegpt_rule(weight: torch.Tensor, stats: InputStatistics, threshold: floa
     w[:, dead] = 0.0
     damp0 = config.dampening * float(hessian.diagonal().mean())
     chol, damp = _damped_cholesky(hessian, damp0)
-    notes: dict[str, Any] = {"dampening": damp / float(hessian.diagonal().mean()) if damp0 else 0.0}
-    if damp > damp0 * 1.0000001 and damp0 > 0:
+    notes: dict[str, Any] = {"dampening": damp / float(hessian.diagonal().mean())}
+    if damp > damp0:
         notes["dampening_raised"] = True
     if target:
         if cross is None:

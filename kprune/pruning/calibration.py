@@ -111,6 +111,11 @@ class CalibratedPruning:
         if missing:
             raise ConfigError(f"layers {', '.join(missing)} feed no output used in decoding, so calibration audio "
                               f"never reaches them; {method.name} and repairs prune decoding layers only")
+        blocks = [n for n in self.selected if model.layers[n].type == "BlockAffineComponent"]
+        if blocks:
+            raise ConfigError(f"layers {', '.join(blocks)} are BlockAffineComponents, whose weight is shared by "
+                              f"several input blocks; {method.name} and repairs prune full weight matrices only "
+                              "(exclude them: exclude=[...])")
         shared = [n for n in self.selected if len(nodes[n]) > 1]
         if shared:
             raise ConfigError(f"layers {', '.join(shared)} run at several nodes of the network; calibrated "
