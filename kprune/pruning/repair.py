@@ -25,6 +25,10 @@ from kprune.pruning.linalg import solve_spd
 from kprune.pruning.statistics import InputStatistics, MomentStatistics
 
 
+#: Memory for one batch of refit systems (float64).
+SOLVE_BYTES = 256 << 20
+
+
 def bias_correction(dense_weight: torch.Tensor, new_weight: torch.Tensor, bias: torch.Tensor,
                     stats: InputStatistics) -> torch.Tensor:
     """The bias that keeps the layer's mean output on these inputs: ``b + (W - Ŵ) E[x]``."""
@@ -34,14 +38,15 @@ def bias_correction(dense_weight: torch.Tensor, new_weight: torch.Tensor, bias: 
 
 def refit(mask: torch.Tensor, stats: InputStatistics, *, dense_weight: torch.Tensor,
           dense_bias: torch.Tensor | None, bias: bool, target: str = "layer", dampening: float = 0.01,
-          rows_per_solve: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+          rows_per_solve: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Least-squares kept weights (and bias) for a fixed mask; returns the new weight and bias.
 
     ``target`` is ``layer`` (``y* = W x + b``, the dense layer on the inputs
     it now sees) or ``network`` (the target recorded in ``stats.cross``).
     ``bias`` says whether the layer has a bias to refit.  Rows are solved in
     batches: each row's kept columns are gathered (padded to the batch's
-    largest count with identity rows that solve to 0).
+    largest count with identity rows that solve to 0).  ``rows_per_solve``
+    defaults to as many rows as fit in :data:`SOLVE_BYTES` of systems.
     """
     rows, cols = mask.shape
     device = dense_weight.device
@@ -64,6 +69,9 @@ def refit(mask: torch.Tensor, stats: InputStatistics, *, dense_weight: torch.Ten
     out = torch.zeros_like(w_dense)
     counts = keep.sum(dim=1)
     order = torch.argsort(counts, descending=True)
+    if rows_per_solve is None:
+        widest = max(int(counts.max()), 1)
+        rows_per_solve = max(1, SOLVE_BYTES // (8 * widest * widest))
     for start in range(0, rows, rows_per_solve):
         batch = order[start:start + rows_per_solve]
         k = int(counts[batch].max())
