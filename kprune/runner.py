@@ -34,7 +34,7 @@ import torch
 from kprune.errors import ConfigError
 from kprune.fileio import write_atomically, write_json_atomically as write_json
 from kprune.pruning.calibration import needs_calibration, prune_model
-from kprune.pruning.config import MethodConfig, RepairConfig
+from kprune.pruning.config import MethodConfig, RepairConfig, recipe_label
 from kprune.pruning.masks import SparsityStats, WeightSummary, sparsity_stats, summarize_weights
 from kprune.pruning.result import PruneResult
 from kprune.pruning.rules import get_method, validate_threshold
@@ -246,6 +246,7 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
         loaded = load_model_once(settings.model)
         device = resolve_device(settings.device)
         method_config, repair = settings.method_config(), settings.repair_config()
+        metrics["recipe"] = recipe_label(method_config, repair)
         calib = settings.calibration()
         features = (lambda: _calibration_features(calib, loaded, device)) if calib is not None else None
         result, stats = prune(loaded, method_config, threshold, settings.layers, settings.exclude, device,

@@ -160,6 +160,14 @@ class RepairConfig:
         return d
 
 
+def recipe_label(method: MethodConfig, repair: RepairConfig | None = None) -> str:
+    """How tables and plots name a recipe: ``sparsegpt 2:4 +refit+bn``; the bare rule name without knobs."""
+    label = method.name + (f" {method.pattern}" if method.pattern is not None else "")
+    if repair is not None and repair.steps:
+        label += " +" + "+".join(repair.steps)
+    return label
+
+
 def _check_keys(cfg: Mapping[str, Any], known: Sequence[str], where: str) -> None:
     unknown = sorted(set(cfg) - set(known))
     if unknown:
@@ -189,4 +197,4 @@ def _boolean(cfg: Mapping[str, Any], key: str, default: bool, where: str) -> boo
     return value
 
 
-__all__ = ["MethodConfig", "RepairConfig", "NMPattern", "REPAIRS"]
+__all__ = ["MethodConfig", "RepairConfig", "NMPattern", "REPAIRS", "recipe_label"]

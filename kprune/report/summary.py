@@ -138,7 +138,7 @@ def load_run(run_dir: str | os.PathLike, sweep_dir: str | os.PathLike | None = N
     return RunResult(
         run_dir=run_dir,
         group=str(metrics.get("group") or _default_group(run_dir, sweep_dir)),
-        method=str(metrics.get("method", "?")),
+        method=str(metrics.get("recipe") or metrics.get("method", "?")),  # "sparsegpt 2:4 +refit" for calibrated runs
         threshold=_number(metrics.get("threshold"), "threshold", source, status == "failed"),
         layers=_layers_text(metrics.get("layers", "all")),
         status=status,
