@@ -43,12 +43,12 @@ class InputStatistics:
             xb = x[start:start + BLOCK_FRAMES].float()
             if self.full:
                 self.gram += (xb.T @ xb).double()
-            self.sum += xb.sum(dim=0, dtype=torch.float64)
-            self.sumsq += (xb * xb).sum(dim=0, dtype=torch.float64)
+            self.sum += xb.sum(dim=0).double()
+            self.sumsq += xb.square().sum(dim=0).double()
             if target is not None:
                 tb = target[start:start + BLOCK_FRAMES].float()
                 self.cross += (tb.T @ xb).double()
-                self.target_sum += tb.sum(dim=0, dtype=torch.float64)
+                self.target_sum += tb.sum(dim=0).double()
         self.count += len(x)
 
     @property
