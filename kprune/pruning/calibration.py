@@ -174,18 +174,15 @@ class CalibratedPruning:
 
     def _observe_dense(self, name: str, x: torch.Tensor) -> None:
         start = time.perf_counter()
-        if name in self.result.masks or name not in self.selected and name not in self.batchnorms:
-            return
         if name in self.batchnorms:
             self.dense_moments.setdefault(name, MomentStatistics(self.model.batchnorms[name].block_dim,
                                                                  self.device)).add(x)
-        elif self.target == "network" and self.method.sequential:
+        elif name in self.selected and not self.method.sequential:
+            self.dense_stats.setdefault(name, InputStatistics(x.shape[1], self.device, full=self._full_stats)).add(x)
+        elif name in self.selected and self.target == "network":
             layer = self.model.layers[name]
             self.dense_outputs[name] = F.linear(x, layer.weight.to(x), None if layer.bias is None else
                                                 layer.bias.to(x))
-        else:
-            st = self.dense_stats.setdefault(name, InputStatistics(x.shape[1], self.device, full=self._full_stats))
-            st.add(x, target=None)
         self.timings["statistics_seconds"] += time.perf_counter() - start
 
     def _observe_pruning(self, name: str, x: torch.Tensor) -> None:
