@@ -1,7 +1,7 @@
 """The Hydra entry point: ``python -m kprune [overrides]`` (``-m`` for sweeps).
 
 This module only wires configuration to :mod:`kprune.runner`; see
-``conf/config.yaml`` for the settings.
+``kprune/conf/config.yaml`` for the settings.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from kprune.errors import KpruneError
 from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-if not Path(CONF_DIR, "config.yaml").is_file():  # the configs live in the checkout, beside the package
-    sys.exit(f"error: kprune's configuration {CONF_DIR}/config.yaml is missing: "
-             "install kprune from its checkout with pip install -e . (see README)")
+#: The configs ship inside the package (``kprune/conf``), so a wheel works anywhere;
+#: users add their own presets with ``--config-dir DIR`` or ``hydra.searchpath``.
+CONF_DIR = "pkg://kprune.conf"
 
 
 def _model_layers(model: str | None = None) -> str:

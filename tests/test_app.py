@@ -80,7 +80,7 @@ def test_per_layer_experiment_reads_the_layers_from_the_model(tdnn, tmp_path):
 def test_experiment_presets_hold_the_original_thresholds(name, method, count):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
+    cfg = OmegaConf.load(REPO / "kprune" / "conf" / "experiment" / f"{name}.yaml")
     assert cfg.method == method and cfg.group == name
     assert len(str(cfg.hydra.sweeper.params.threshold).split(",")) == count
 
