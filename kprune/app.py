@@ -79,19 +79,24 @@ def _evaluator(cfg: DictConfig, model: Path):
     return build_evaluator(cfg.eval, model)
 
 
+def point_settings(cfg: DictConfig, cwd: Path) -> PointSettings:
+    """The settings of the point ``cfg`` describes (relative paths from ``cwd``, where kprune was started)."""
+    return PointSettings(
+        model=resolve_model_path(cfg.model, cwd), method=str(cfg.method), threshold=cfg.threshold,
+        layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
+        exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
+        device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
+        histograms=bool(cfg.tensorboard.histograms), eval=OmegaConf.to_container(cfg.eval, resolve=True))
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Runs one point; returns its error rate (or sparse rate) for sweepers that optimise."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        model = resolve_model_path(cfg.model, Path(hydra.utils.get_original_cwd()))
-        settings = PointSettings(
-            model=model, method=str(cfg.method), threshold=cfg.threshold,
-            layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
-            exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
-            device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
-            histograms=bool(cfg.tensorboard.histograms), eval=OmegaConf.to_container(cfg.eval, resolve=True))
+        settings = point_settings(cfg, Path(hydra.utils.get_original_cwd()))
+        model = settings.model
         metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=lambda: _evaluator(cfg, model),
                             tolerate_failure=multirun, summary="row" if multirun else "full")
     except KpruneError as e:

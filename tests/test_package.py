@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_configs_are_package_data():
-    """``pkg://kprune.conf`` is what the app loads, and the wheel's manifest carries the YAML."""
+    """``pkg://kprune.conf`` is what the app loads, and the wheel's manifest carries the YAML and the plugin."""
     import tomllib
 
     from kprune.app import CONF_DIR
@@ -29,6 +29,7 @@ def test_the_configs_are_package_data():
     conf = REPO / "kprune" / "conf"
     shipped = {p for pattern in patterns for p in conf.glob(pattern)}
     assert shipped == set(conf.rglob("*.yaml")) and (conf / "config.yaml") in shipped
+    assert "hydra_plugins*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -67,3 +68,7 @@ def test_wheel_runs_from_an_unrelated_directory_with_a_user_preset(tmp_path):
     assert metrics["method"] == "pct" and metrics["threshold"] == 0.15
     where = _run([str(python), "-c", "import kprune; print(kprune.__file__)"], cwd=work, env=clean)
     assert str(env_dir) in where.stdout and str(REPO) not in where.stdout  # the wheel, not the checkout
+    # The search sweeper ships in the wheel as a Hydra plugin (hydra_plugins/kprune_search).
+    cfg = _run([str(env_dir / "bin" / "kprune"), "hydra/sweeper=kprune_search", "--cfg", "hydra"], cwd=work, env=clean)
+    assert cfg.returncode == 0, cfg.stderr
+    assert "hydra_plugins.kprune_search.search_sweeper.KpruneSearchSweeper" in cfg.stdout
