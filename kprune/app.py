@@ -1,7 +1,7 @@
 """The Hydra entry point: ``python -m kprune [overrides]`` (``-m`` for sweeps).
 
 This module only wires configuration to :mod:`kprune.runner`; see
-``conf/config.yaml`` for the settings.
+``kprune/conf/config.yaml`` for the settings.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from kprune.errors import KpruneError
 from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-if not Path(CONF_DIR, "config.yaml").is_file():  # the configs live in the checkout, beside the package
-    sys.exit(f"error: kprune's configuration {CONF_DIR}/config.yaml is missing: "
-             "install kprune from its checkout with pip install -e . (see README)")
+#: The configs ship inside the package (``kprune/conf``), so a wheel works anywhere;
+#: users add their own presets with ``--config-dir DIR`` or ``hydra.searchpath``.
+CONF_DIR = "pkg://kprune.conf"
 
 
 def _model_layers(model: str | None = None) -> str:
@@ -85,23 +84,28 @@ def _evaluator(cfg: DictConfig, model: Path):
     return build_evaluator(cfg.eval, model)
 
 
+def point_settings(cfg: DictConfig, cwd: Path) -> PointSettings:
+    """The settings of the point ``cfg`` describes (relative paths from ``cwd``, where kprune was started)."""
+    method = OmegaConf.to_container(cfg.method, resolve=True) if OmegaConf.is_config(cfg.method) \
+        else {"name": str(cfg.method)}
+    return PointSettings(
+        model=resolve_model_path(cfg.model, cwd), method=str(method.pop("name", "abs")), threshold=cfg.threshold,
+        method_options=method, repair=_plain(cfg.get("repair")), repair_options=_plain(cfg.get("repair_options")),
+        calib=_plain(cfg.get("calib")),
+        layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
+        exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
+        device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
+        histograms=bool(cfg.tensorboard.histograms), eval=OmegaConf.to_container(cfg.eval, resolve=True))
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Runs one point; returns its error rate (or sparse rate) for sweepers that optimise."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        model = resolve_model_path(cfg.model, Path(hydra.utils.get_original_cwd()))
-        method = OmegaConf.to_container(cfg.method, resolve=True) if OmegaConf.is_config(cfg.method) \
-            else {"name": str(cfg.method)}
-        settings = PointSettings(
-            model=model, method=str(method.pop("name", "abs")), threshold=cfg.threshold,
-            method_options=method, repair=_plain(cfg.get("repair")), repair_options=_plain(cfg.get("repair_options")),
-            calib=_plain(cfg.get("calib")),
-            layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
-            exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
-            device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
-            histograms=bool(cfg.tensorboard.histograms), eval=OmegaConf.to_container(cfg.eval, resolve=True))
+        settings = point_settings(cfg, Path(hydra.utils.get_original_cwd()))
+        model = settings.model
         metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=lambda: _evaluator(cfg, model),
                             tolerate_failure=multirun, summary="row" if multirun else "full")
     except KpruneError as e:

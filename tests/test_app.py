@@ -80,7 +80,7 @@ def test_per_layer_experiment_reads_the_layers_from_the_model(tdnn, tmp_path):
 def test_experiment_presets_hold_the_original_thresholds(name, method, count):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "kprune" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
     assert cfg.method.name == method and cfg.group == name
     assert len(str(cfg.hydra.sweeper.params.threshold).split(",")) == count

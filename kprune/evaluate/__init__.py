@@ -15,7 +15,7 @@ decode that fails or runs past ``eval.timeout`` raises
 Backends
 --------
 A backend is an :class:`Evaluator` subclass registered under the name that
-selects it (``eval=<name>``, with ``conf/eval/<name>.yaml`` holding its
+selects it (``eval=<name>``, with ``kprune/conf/eval/<name>.yaml`` holding its
 settings)::
 
     @register_evaluator("torch")

@@ -1,4 +1,4 @@
-"""The evaluator interface, the backend registry and the baseline cache."""
+"""The evaluator interface, the backend registry and the baseline cache (safe for parallel points)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, Mapping, TypeVar
 from kprune.errors import ConfigError, EvaluationError
 from kprune.evaluate.scoring import CorpusScore, format_per_utt, format_per_utt_tsv, score_corpus
 from kprune.fileio import write_atomically, write_json_atomically
+from kprune.locks import locked_cache_entry
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +102,28 @@ class Evaluator(ABC):
         path = self.cache_dir / "baseline" / f"{self.name}-{digest[:24]}.json"
         record = _read_cache(path, key)
         if record is None:
-            log.info("decoding the unpruned model for the baseline (cached in %s)", path)
-            self.baseline_decodes += 1
-            try:
-                record = self._decode_baseline()
-            except EvaluationError as e:
-                self._baseline_error = EvaluationError(f"baseline (unpruned model): {e}")
-                raise self._baseline_error from e
-            write_json_atomic(path, {"key": key, "record": record})
+            # Points running in parallel (hydra/launcher=joblib, submitit) decode it once:
+            # the first takes the lock and decodes, the others wait and read its result.
+            with locked_cache_entry(path):
+                record = _read_cache(path, key, quiet=True)
+                if record is None:
+                    record = self._decode_baseline_into(path, key)
         else:
             log.info("baseline read from %s", path)
         self._baseline = self._baseline_metrics(record)
         self._baseline["cache_file"] = str(path)
         return self._baseline
+
+    def _decode_baseline_into(self, path: Path, key: dict[str, Any]) -> dict[str, Any]:
+        log.info("decoding the unpruned model for the baseline (cached in %s)", path)
+        self.baseline_decodes += 1
+        try:
+            record = self._decode_baseline()
+        except EvaluationError as e:
+            self._baseline_error = EvaluationError(f"baseline (unpruned model): {e}")
+            raise self._baseline_error from e
+        write_json_atomic(path, {"key": key, "record": record})
+        return record
 
     def evaluate(self, pruned_model: Path, out_dir: Path) -> dict[str, Any]:
         """Decode ``pruned_model``, write hypotheses and scores into ``out_dir``.
@@ -186,17 +196,19 @@ def relative_change(value: float, base: float) -> float | None:
     return 100.0 * (value - base) / base
 
 
-def _read_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+def _read_cache(path: Path, key: dict[str, Any], quiet: bool = False) -> dict[str, Any] | None:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable baseline cache %s: %s", path, e)
+        if not quiet:
+            log.warning("ignoring unreadable baseline cache %s: %s", path, e)
         return None
     if not isinstance(content, dict) or content.get("key") != key:
         # A hash collision of the file name or a hand-edited file: decode again.
-        log.warning("ignoring baseline cache %s: it was made for other settings", path)
+        if not quiet:
+            log.warning("ignoring baseline cache %s: it was made for other settings", path)
         return None
     return content.get("record")
 

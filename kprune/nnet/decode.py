@@ -24,7 +24,6 @@ cores) is cached under ``<cache>/graphs/<hash of the graph files>/``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import math
@@ -42,6 +41,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from kprune.errors import ConfigError, EvaluationError
+from kprune.locks import locked_cache_entry
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,7 @@ def static_graph(graph_dir: str | os.PathLike, cache_dir: str | os.PathLike | No
     graph = StaticGraph(target / "HCLG.fst", target / "words.txt")
     if graph.fst.is_file() and graph.words.is_file():
         return graph
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be composing the same graph
+    with locked_cache_entry(target):  # another process may be composing the same graph
         if graph.fst.is_file() and graph.words.is_file():
             return graph
         _compose(hcl, g, disambig if disambig.is_file() else None, target, fst_plugins)

@@ -616,12 +616,15 @@ def summarize(
     out_dir: str | os.PathLike | None = None,
     *,
     plots: bool = True,
+    tensorboard: bool = False,
 ) -> Summary:
     """Read every run under ``sweep_dirs`` and write the tables and plots into ``out_dir``.
 
     ``out_dir`` defaults to the first sweep directory.  A plot with nothing to
     show (no error rates, no per-layer sweep) is not written, and one left there
     by an earlier call is removed so that it cannot be taken for a current one.
+    ``tensorboard`` adds a TensorBoard summary run per group
+    (:func:`write_sweep_runs`, in ``<out_dir>/_sweep/<group>/``).
     """
     if not sweep_dirs:
         raise ConfigError("no sweep directory given")
@@ -643,4 +646,52 @@ def summarize(
                 continue
             write_atomic(out / name, _png(figure))
             summary.written.append(out / name)
+    if tensorboard:
+        summary.written += write_sweep_runs(runs, out, images=plots)
     return summary
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+
+def write_sweep_runs(runs: Sequence[RunResult], out_dir: str | os.PathLike, *, images: bool = True) -> list[Path]:
+    """One TensorBoard summary run per group, in ``<out_dir>/_sweep/<group>/``; returns the event files.
+
+    Each holds the group's error rates (and deltas, signals, removed energy,
+    threshold) against the sparse rate as scalar series, and, with ``images``,
+    this module's figures of the group as images
+    (:func:`kprune.report.tensorboard.log_sweep`).
+    """
+    from kprune.report.tensorboard import SWEEP_RUN_DIR, SWEEP_SERIES, log_sweep
+
+    by_group: dict[str, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        by_group[run.group].append(run)
+    written = []
+    for group, members in sorted(by_group.items()):
+        sweeps = threshold_sweeps(members)
+        series = {("" if len(sweeps) == 1 else s.label): [
+            {"sparsity": r.sparsity, **{k: getattr(r, k, None) for k in SWEEP_SERIES}}
+            for r in s.runs if r.sparsity is not None] for s in sweeps}
+        baseline = {}
+        for key in ("cer", "wer"):
+            values = [getattr(r, f"baseline_{key}") for r in members if getattr(r, f"baseline_{key}") is not None]
+            if values:
+                baseline[key] = values[0]
+        figures = {}
+        if images:
+            for name, draw in PLOTS.items():
+                try:
+                    figure = draw(members)
+                except KpruneError as e:  # no matplotlib: the curves still go in
+                    logger.warning("%s; the summary run of %s has no figures", e, group)
+                    break
+                if figure is not None:
+                    figures[name.removesuffix(".png")] = _png(figure)
+        written.append(log_sweep(Path(out_dir) / SWEEP_RUN_DIR / _safe_name(group), series, baseline=baseline,
+                                 images=figures))
+    return written
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^\w.,=+\-]", "_", text) or "default"

@@ -344,3 +344,90 @@ def _failed_session_end() -> Any:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------- a whole sweep
+
+#: Directory of a sweep's summary runs, inside the sweep directory (one run per group).
+SWEEP_RUN_DIR = "_sweep"
+
+#: Point keys drawn as curves against the sparse rate in a summary run.
+SWEEP_SERIES: tuple[str, ...] = ("cer", "wer", "cer_delta_rel", "wer_delta_rel", "cer_delta_abs", "wer_delta_abs",
+                                 "kl", "argmax_agreement", "snr_db", "removed_energy", "threshold")
+
+
+def sparsity_step(sparsity: float) -> int:
+    """The step of a point in a summary run: its sparse rate in whole percent (the fraction x 100)."""
+    return int(round(float(sparsity)))
+
+
+def log_sweep(
+    run_dir: str | os.PathLike,
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    baseline: Mapping[str, float] | None = None,
+    images: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write a sweep's summary run into ``run_dir`` (replacing an earlier one) and return the event file.
+
+    ``series`` maps a label (a method and layer selection; "" when the group has
+    one) to its points, each a mapping with ``sparsity`` (%) and any keys of
+    :data:`SWEEP_SERIES`.  Each key becomes the scalar ``sweep/<key>``
+    (``sweep/<key>/<label>`` with a label) at step :func:`sparsity_step`, so
+    TensorBoard draws error against sparse rate as a curve.  ``baseline``
+    (``{"cer": ...}``) is drawn flat as ``sweep/baseline_<key>`` over the same
+    steps; ``images`` (name -> PNG bytes, e.g. ``tools/summarize``'s figures)
+    become images ``figures/<name>``.  The run has no hparams, so the HParams
+    tab keeps one row per point.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    old_files = sorted(run_dir.glob(_EVENT_PREFIX + "*"))
+    tmp_dir = Path(tempfile.mkdtemp(prefix="kprune-tensorboard-"))
+    try:
+        writer = SummaryWriter(log_dir=str(tmp_dir))
+        try:
+            steps: set[int] = set()
+            for label, points in series.items():
+                suffix = f"/{label}" if label else ""
+                for point in sorted(points, key=lambda p: float(p["sparsity"])):
+                    step = sparsity_step(point["sparsity"])
+                    steps.add(step)
+                    for key in SWEEP_SERIES:
+                        if _is_number(point.get(key)):
+                            writer.add_scalar(f"sweep/{key}{suffix}", float(point[key]), step)
+            for key, value in (baseline or {}).items():
+                if _is_number(value):
+                    for step in sorted(steps):
+                        writer.add_scalar(f"sweep/baseline_{key}", float(value), step)
+            for name, png in (images or {}).items():
+                writer.add_image(f"figures/{name}", _decode_png(png), 0, dataformats="HWC")
+        finally:
+            writer.close()
+        (written,) = tmp_dir.glob(_EVENT_PREFIX + "*")
+        target = run_dir / written.name
+        partial = run_dir / f".{os.getpid()}.events.partial"
+        try:
+            shutil.copyfile(written, partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    for old in old_files:
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def _decode_png(png: bytes) -> Any:
+    """PNG bytes as an HWC uint8 array (matplotlib reads them; it drew them)."""
+    import io
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    pixels = imread(io.BytesIO(png), format="png")  # float32 in [0, 1]
+    return (np.asarray(pixels)[..., :3] * 255).round().astype(np.uint8)

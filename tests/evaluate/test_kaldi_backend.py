@@ -42,7 +42,7 @@ def recipe(tmp_path: Path) -> Path:
 
 
 def kaldi_cfg(recipe: Path, tmp_path: Path, extra: str = "", **over) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "eval" / "kaldi.yaml"), resolve=True)
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "kprune" / "conf" / "eval" / "kaldi.yaml"), resolve=True)
     command = f"{shlex.quote(sys.executable)} {shlex.quote(str(SCRIPT))} --nj {{nj}} {extra} exp/tri4b/graph data/test {{decode_dir}}"
     cfg.update(command=command, recipe_dir=str(recipe), cache_dir=str(tmp_path / "cache"), nj=2, **over)
     return cfg

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def vosk_cfg(data: Path, cache: Path, **over) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "eval" / "vosk.yaml"), resolve=True)
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "kprune" / "conf" / "eval" / "vosk.yaml"), resolve=True)
     cfg.update(data=str(data), cache_dir=str(cache), progress=False, **over)
     return cfg
 
@@ -109,7 +109,7 @@ def test_cache_key_follows_the_model_content(real_model_path: Path, tone_data_di
 
 
 def test_build_evaluator_none_unknown_and_reuse(real_model_path: Path, tone_data_dir: Path, tmp_path: Path) -> None:
-    assert build_evaluator(OmegaConf.load(REPO / "conf" / "eval" / "none.yaml"), real_model_path) is None
+    assert build_evaluator(OmegaConf.load(REPO / "kprune" / "conf" / "eval" / "none.yaml"), real_model_path) is None
     with pytest.raises(ConfigError, match="eval.name: unknown evaluator 'whisper'; expected one of none, .*kaldi.*vosk"):
         build_evaluator({"name": "whisper"}, real_model_path)
     with pytest.raises(ConfigError, match="eval.name: expected an evaluator name, found '../x'"):
@@ -123,14 +123,14 @@ def test_build_evaluator_none_unknown_and_reuse(real_model_path: Path, tone_data
 def test_eval_config_files_hold_only_known_settings() -> None:
     from kprune.evaluate import evaluator_class
 
-    files = sorted((REPO / "conf" / "eval").glob("*.yaml"))
+    files = sorted((REPO / "kprune" / "conf" / "eval").glob("*.yaml"))
     assert {"none.yaml", "vosk.yaml", "kaldi.yaml"} <= {f.name for f in files}
     for path in files:
         cfg = OmegaConf.load(path)
         assert cfg.name == path.stem
         if cfg.name != "none":
             assert set(cfg.keys()) - {"name"} <= evaluator_class(cfg.name).SETTINGS, path
-    assert OmegaConf.load(REPO / "conf" / "eval" / "none.yaml") == {"name": "none"}
+    assert OmegaConf.load(REPO / "kprune" / "conf" / "eval" / "none.yaml") == {"name": "none"}
 
 
 # --------------------------------------------------------------------------- real decodes

@@ -1,0 +1,152 @@
+"""``kprune.search`` and ``hydra/sweeper=kprune_search``: the largest threshold within an error budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kprune.errors import ConfigError
+from kprune.kaldi.build import build_tdnn
+from kprune.search import Budget, SearchPoint, point_from_metrics, search_threshold
+
+TESTS = Path(__file__).resolve().parent
+
+
+# -- the bisection, on a rising error with a known boundary ---------------------------------------
+
+def rising(boundary: float, baseline: float = 10.0, budget: Budget = Budget()):
+    """Points whose error exceeds the budget exactly above ``boundary`` (and a log of what was asked)."""
+    asked: list[float] = []
+
+    def evaluate(thresholds):
+        asked.extend(thresholds)
+        limit = budget.limit(baseline)
+        return [SearchPoint(t, limit - 0.1 if t <= boundary else limit + 1 + t, baseline, 100 * t,
+                            t <= boundary, "evaluated") for t in thresholds]
+
+    return evaluate, asked
+
+
+@pytest.mark.parametrize("boundary", [0.0, 0.01, 0.37, 0.5, 0.99, 1.0])
+def test_bisection_finds_the_boundary_in_log2_evaluations(boundary):
+    evaluate, asked = rising(boundary)
+    result = search_threshold(evaluate, Budget(), resolution=0.01)
+    assert result.threshold == boundary
+    assert result.grid_points == 100 and result.evaluations == len(asked) <= math.ceil(math.log2(101))
+    assert all(round(t * 100) == pytest.approx(t * 100) for t in asked)  # grid thresholds: 0.37, not 0.3700001
+    assert (result.answer is None) == (boundary == 0.0)
+    if boundary < 1.0:
+        assert result.bracket == (boundary, round(boundary + 0.01, 12))
+
+
+def test_parallel_rounds_find_the_same_boundary():
+    evaluate, asked = rising(0.63)
+    result = search_threshold(evaluate, Budget(), resolution=0.01, points_per_round=3)
+    assert result.threshold == 0.63 and result.evaluations == len(asked) <= 4 * 3
+
+
+def test_known_points_narrow_the_bracket_first():
+    evaluate, asked = rising(0.42)
+    known = [SearchPoint(0.4, 10.0, 10.0, 40.0, True, "reused"), SearchPoint(0.45, 30.0, 10.0, 45.0, False, "reused")]
+    result = search_threshold(evaluate, Budget(), resolution=0.01, known=known)
+    assert result.threshold == 0.42 and all(0.4 < t < 0.45 for t in asked) and len(asked) <= 3
+    assert result.to_dict()["reused"] == 2
+
+
+def test_a_point_within_the_budget_above_one_over_it_is_reported():
+    known = [SearchPoint(0.3, 99.0, 10.0, 30.0, False, "reused"), SearchPoint(0.6, 10.0, 10.0, 60.0, True, "reused")]
+    evaluate, _ = rising(0.2)
+    result = search_threshold(evaluate, Budget(), resolution=0.01, known=known)
+    assert result.threshold == 0.2
+    assert any("not monotone: 0.6" in note for note in result.notes)
+
+
+def test_budgets():
+    assert Budget().limit(12.0) == pytest.approx(12.6)
+    assert Budget(max_abs_increase=0.5).limit(12.0) == 12.5  # the absolute budget replaces the relative one
+    metrics = {"status": "ok", "cer": 12.6, "baseline": {"cer": 12.0}, "sparsity": 40.0}
+    assert point_from_metrics(0.4, metrics, Budget(), "evaluated").within
+    assert not point_from_metrics(0.4, {**metrics, "cer": 12.61}, Budget(), "evaluated").within
+    failed = point_from_metrics(0.4, {"status": "failed", "error": "decode timed out"}, Budget(), "evaluated")
+    assert not failed.within and "decode timed out" in failed.note
+    with pytest.raises(ConfigError, match="max_rel_increase: expected a number >= 0, found -0.1"):
+        Budget(max_rel_increase=-0.1)
+    with pytest.raises(ConfigError, match="give max_rel_increase or max_abs_increase"):
+        Budget(max_rel_increase=None)
+    with pytest.raises(ConfigError, match="has no 'cer' with a baseline"):
+        point_from_metrics(0.4, {"status": "ok", "sparsity": 1.0}, Budget(), "evaluated", "/x/run")
+
+
+# -- the Hydra sweeper, on a synthetic model with a real evaluation -------------------------------
+
+def kprune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``kprune`` with the test backend ``eval.name=frame_error`` registered (tests/frame_error.py)."""
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import frame_error; from kprune.app import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+SEARCH = ("-m", "hydra/sweeper=kprune_search", "model=final.mdl", "method=global_pct", "eval.name=frame_error",
+          "+eval.cache_dir=cache", "tensorboard.histograms=false", "hydra.sweeper.max_rel_increase=0.5",
+          "hydra.sweep.dir=sweep")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small TDNN and the breaking point of its frame error, found by brute force on the 0.01 grid."""
+    import frame_error
+    from kprune.runner import load_model_once, prune
+
+    cwd = tmp_path_factory.mktemp("search")
+    model = cwd / "final.mdl"
+    model.write_bytes(build_tdnn(hidden_dim=32, num_pdfs=24))
+    evaluator = frame_error.FrameErrorEvaluator(model, cache_dir=cwd / "unused")
+    baseline = evaluator.error_rate(model)
+    limit = Budget(max_rel_increase=0.5).limit(baseline)
+    loaded = load_model_once(model)
+    grid = {}
+    for i in range(15, 40):  # the breaking point lies in (0.15, 0.40)
+        prune(loaded, "global_pct", i / 100)
+        loaded.model.save(cwd / "grid.mdl")
+        loaded.model.restore(loaded.snapshot)
+        grid[i / 100] = evaluator.error_rate(cwd / "grid.mdl")
+    first_over = min(t for t, e in grid.items() if e > limit)
+    assert grid[0.15] <= limit and all(e > limit for t, e in grid.items() if t >= first_over)  # monotone here
+    return cwd, round(first_over - 0.01, 2), grid
+
+
+@pytest.mark.slow
+def test_the_sweeper_finds_the_breaking_point_and_resumes(synthetic):
+    cwd, expected, grid = synthetic
+    # A coarse grid sweep already in the sweep directory: the search reads it instead of evaluating again.
+    kprune("-m", "model=final.mdl", "method=global_pct", "eval.name=frame_error", "+eval.cache_dir=cache",
+           "tensorboard.histograms=false", "threshold=0.1,0.6", "hydra.sweep.dir=sweep", cwd=cwd)
+    proc = kprune(*SEARCH, cwd=cwd)
+    report = json.loads((cwd / "sweep" / "search.json").read_text())
+    assert report["threshold"] == expected
+    assert report["answer"]["value"] == pytest.approx(grid[expected])
+    assert report["reused"] == 2 and report["evaluations"] <= 6 and report["grid_points"] == 100
+    evaluated = [p for p in report["points"] if p["source"] == "evaluated"]
+    assert len(evaluated) == report["evaluations"]
+    assert all(p["value"] == pytest.approx(grid[p["threshold"]]) for p in evaluated if p["threshold"] in grid)
+    assert f"answer: threshold {expected:g}" in proc.stdout
+    assert (cwd / "sweep" / f"method=global_pct,threshold={expected!r}" / "metrics.json").is_file()
+
+    again = kprune(*SEARCH, cwd=cwd)  # everything is in the sweep directory now
+    report2 = json.loads((cwd / "sweep" / "search.json").read_text())
+    assert report2["threshold"] == expected and report2["evaluations"] == 0
+    assert "Launching" not in again.stdout + again.stderr
+
+
+def test_the_sweeper_refuses_a_swept_threshold(synthetic):
+    cwd = synthetic[0]
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import frame_error; from kprune.app import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, *SEARCH, "threshold=0.1,0.2"], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "threshold" in proc.stderr and "chooses" in proc.stderr
