@@ -22,12 +22,12 @@ import io
 import json
 import logging
 import os
-import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -44,6 +44,12 @@ SPARSITY = "sparsity.json"
 ERROR = "error.json"
 POINT = "point.json"
 MASKS = "masks.pt"
+EVENTS = "events.out.tfevents.*"
+LOCK = ".kprune.lock"
+#: What the evaluators write into a point's directory (kprune.evaluate).
+EVAL_FILES = ("hyp.txt", "per_utt", "per_utt.tsv", "score.txt", "decode.log")
+#: The mark eval=kaldi leaves in the experiment directory it stages in a point's directory.
+STAGED_MARK = ".kprune-staged"
 
 
 # -- the model, once per process ----------------------------------------------
@@ -183,7 +189,7 @@ def prune(loaded: LoadedModel, method: str, threshold: float, layers: Any = "all
 
 
 def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[], Any] | None = None,
-              tolerate_failure: bool = False, summary: str = "full") -> dict[str, Any]:
+              tolerate_failure: bool = False, summary: str = "full", wait: bool | None = None) -> dict[str, Any]:
     """Prunes, exports, evaluates and records one point in ``run_dir``; returns its metrics.
 
     ``evaluator`` is called, only when the point is not already complete, to get
@@ -191,10 +197,24 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
     recorded and returned as a failed point; otherwise it is recorded and
     re-raised.  ``summary`` is ``"full"`` (the row and the per-layer table),
     ``"row"`` or ``"none"``.
+
+    Another process working on the same directory holds its lock: with ``wait``
+    (default: not ``tolerate_failure``, i.e. a single run) this one waits for it,
+    otherwise (a sweep) it skips the point and returns ``{"status": "taken"}``.
     """
     run_dir = Path(run_dir)
     _refuse_input_dir(settings.model, run_dir)  # before anything is written there
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(run_dir)
+    with PointLock(run_dir, wait=not tolerate_failure if wait is None else wait) as lock:
+        if not lock.acquired:
+            log.warning("%s: taken by another process (%s); skipped", run_dir, lock.holder or "unknown pid")
+            return {"status": "taken", "group": settings.group, "method": settings.method,
+                    "threshold": settings.threshold, "layers": _layers_text(settings.layers)}
+        return _run_locked(settings, run_dir, evaluator, tolerate_failure, summary)
+
+
+def _run_locked(settings: PointSettings, run_dir: Path, evaluator: Callable[[], Any] | None,
+                tolerate_failure: bool, summary: str) -> dict[str, Any]:
     started = time.perf_counter()
     metrics: dict[str, Any] = {"status": "failed", "group": settings.group, "method": settings.method,
                                "threshold": settings.threshold, "layers": _layers_text(settings.layers)}
@@ -209,7 +229,9 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
             log.info("%s: complete for these settings, skipped", run_dir)
             _print_summary(summary, done, None)
             return done
-        _archive_previous(run_dir)  # before any write: a failure below loses nothing
+        _archive_previous(run_dir, settings.model.name)  # before any write: a failure below loses nothing
+        remove_stale_temporaries(run_dir, settings.model.name)
+        (run_dir / METRICS).unlink(missing_ok=True)  # written last: until then the point is not complete
         write_json(run_dir / POINT, fingerprint)
         loaded = load_model_once(settings.model)
         device = resolve_device(settings.device)
@@ -236,14 +258,15 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
         metrics["status"] = "ok"
         metrics["seconds"] = time.perf_counter() - started
         (run_dir / ERROR).unlink(missing_ok=True)
-        write_json(run_dir / METRICS, metrics)
         _log_tensorboard(settings, run_dir, metrics, sparsity_doc, loaded, masks)
+        write_json(run_dir / METRICS, metrics)  # the completion mark: written last
         _print_summary(summary, metrics, sparsity_doc)
         return metrics
     except Exception as e:  # recorded in run_dir; a multirun goes on
-        _archive_previous(run_dir)
+        _archive_previous(run_dir, settings.model.name)
         _record_failure(run_dir, metrics, stage, e)
         _log_tensorboard(settings, run_dir, metrics, sparsity_doc, None, None)
+        write_json(run_dir / METRICS, metrics)
         _print_summary(summary, metrics, None)
         if not tolerate_failure:
             raise
@@ -258,7 +281,9 @@ def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
                       save_masks: bool = False) -> dict[str, Any] | None:
     """The metrics of a finished point with the same settings, or None.
 
-    A point evaluated earlier also satisfies a request without evaluation.
+    A point is finished when ``metrics.json`` (written last) says ``ok`` and its
+    model, masks and TensorBoard record exist.  A point evaluated earlier also
+    satisfies a request without evaluation.
     """
     try:
         metrics = json.loads((run_dir / METRICS).read_text())
@@ -266,6 +291,8 @@ def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
     except (OSError, ValueError):
         return None
     wanted = json.loads(json.dumps(fingerprint))
+    if not isinstance(point, dict) or not isinstance(metrics, dict):
+        return None
     if not wanted["eval"]:
         point = {**point, "eval": {}}
     if metrics.get("status") != "ok" or point != wanted:
@@ -274,32 +301,178 @@ def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
         return None
     if save_masks and not (run_dir / MASKS).is_file():
         return None
+    if not any(run_dir.glob(EVENTS)):
+        return None
     return metrics
 
 
-def _refuse_input_dir(model: Path, run_dir: Path) -> None:
-    """The run directory must not be where the input model lives (it would be replaced)."""
-    target = run_dir / model.name
-    if target.exists() and model.exists() and os.path.samefile(target, model):
-        raise ConfigError(f"the run directory {run_dir} holds the input model {model}; "
-                          "choose another hydra.run.dir / hydra.sweep.dir")
+# -- the run directory: what kprune may touch there -----------------------------
+
+def check_run_dir(model: Path, run_dir: Path) -> None:
+    """Refuses a run directory that holds the input model, in it or in a directory below it.
+
+    A run writes the pruned model under the input's name and moves a point's
+    earlier outputs aside: neither may reach the user's model or its neighbours.
+    """
+    run_dir = Path(os.path.abspath(run_dir))
+    targets = {Path(os.path.abspath(model))}
+    try:
+        targets.add(Path(model).resolve(strict=True))
+    except OSError:
+        pass
+    resolved_run = run_dir.resolve()
+    for target in targets:
+        for where in (run_dir, resolved_run):
+            if where == target.parent or where in target.parents:
+                raise ConfigError(f"the run directory {run_dir} holds the input model {model} (in it or below "
+                                  "it); choose another hydra.run.dir / hydra.sweep.dir outside the model's tree")
 
 
-def _archive_previous(run_dir: Path) -> None:
-    """Moves a completed run's outputs aside (they are for other settings), so nothing is lost."""
+_refuse_input_dir = check_run_dir
+
+
+def ensure_writable_dir(run_dir: Path) -> None:
+    """Creates ``run_dir`` or raises one clear ConfigError when it cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run directory {run_dir}: {e.strerror or e}") from None
+    if not run_dir.is_dir():
+        raise ConfigError(f"the run directory {run_dir} is not a directory")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in the run directory {run_dir}: permission denied")
+
+
+def check_can_write_dir(run_dir: Path) -> None:
+    """Raises one clear ConfigError when ``run_dir`` could not be created or written; creates nothing."""
+    run_dir = Path(os.path.abspath(run_dir))
+    for place in (run_dir, *run_dir.parents):
+        if place.exists():
+            break
+    if not place.is_dir():
+        raise ConfigError(f"cannot create the run directory {run_dir}: {place} is not a directory")
+    if not os.access(place, os.W_OK | os.X_OK):
+        if place == run_dir:
+            raise ConfigError(f"cannot write in the run directory {run_dir}: permission denied")
+        raise ConfigError(f"cannot create the run directory {run_dir}: {place} is not writable (permission denied)")
+
+
+def point_outputs(run_dir: Path, model_names: Iterable[str] = ()) -> list[Path]:
+    """The files (and staged experiment directories) a point wrote in ``run_dir``: its output schema.
+
+    Anything else in the directory (Hydra's ``.hydra/`` and log, the user's
+    files) is not kprune's to move.
+    """
+    names = {METRICS, SPARSITY, ERROR, POINT, MASKS, *EVAL_FILES, *model_names}
+    found = [run_dir / n for n in sorted(names) if _is_regular(run_dir / n)]
+    found += sorted(p for p in run_dir.glob(EVENTS) if _is_regular(p))
+    try:
+        found += sorted(p for p in run_dir.iterdir()
+                        if p.is_dir() and not p.is_symlink() and (p / STAGED_MARK).is_file())
+    except OSError:
+        pass
+    return found
+
+
+def remove_stale_temporaries(run_dir: Path, model_name: str) -> list[Path]:
+    """Removes the temporary files an interrupted write of this point left (the caller holds its lock)."""
+    names = {METRICS, SPARSITY, ERROR, POINT, MASKS, *EVAL_FILES, model_name}
+    stale = [p for n in names for p in run_dir.glob(f".{_glob_escape(n)}.*.tmp")]
+    stale += list(run_dir.glob(".*.events.partial"))
+    for p in stale:
+        if _is_regular(p):
+            p.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted write", p)
+    return stale
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _archive_previous(run_dir: Path, model_name: str) -> None:
+    """Moves a completed run's outputs aside (they are for other settings), so nothing is lost.
+
+    Only the point's own outputs move (:func:`point_outputs`), never other files.
+    """
     try:
         if json.loads((run_dir / METRICS).read_text()).get("status") != "ok":
             return
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
+        return
+    names = {model_name}
+    try:
+        names.add(Path(json.loads((run_dir / POINT).read_text())["model"]["model"]).name)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    outputs = point_outputs(run_dir, names)
+    if not outputs:
         return
     keep = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
+    keep.parent.mkdir(parents=True, exist_ok=True)
     keep = Path(tempfile.mkdtemp(prefix=keep.name + "-", dir=keep.parent)) if keep.exists() else keep
-    keep.mkdir(parents=True, exist_ok=True)
-    for p in run_dir.iterdir():
-        if p.name in (".hydra", ".previous") or p.name.endswith(".log"):
-            continue
-        shutil.move(str(p), keep / p.name)
-    log.warning("%s held a run with other settings; moved it to %s", run_dir, keep)
+    keep.mkdir(exist_ok=True)
+    for p in outputs:
+        os.replace(p, keep / p.name)  # same file system: a rename, never a copy
+    log.warning("%s held a run with other settings; moved its %d outputs to %s", run_dir, len(outputs), keep)
+
+
+class PointLock:
+    """An exclusive lock on a point's directory (``flock`` on ``.kprune.lock``), released when the process ends.
+
+    The lock file holds the pid of its holder, for the messages of the others.
+    """
+
+    def __init__(self, run_dir: Path, *, wait: bool):
+        self.path = Path(run_dir) / LOCK
+        self.wait = wait
+        self.acquired = False
+        self.holder: str | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> "PointLock":
+        import fcntl
+
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ConfigError(f"cannot write in the run directory {self.path.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.holder = self._read_holder()
+            if not self.wait:
+                return self
+            log.warning("%s: taken by another process (%s); waiting for it", self.path.parent,
+                        self.holder or "unknown pid")
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.acquired = True
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()}\n".encode(), 0)
+        return self
+
+    def _read_holder(self) -> str | None:
+        try:
+            return os.pread(self._fd, 100, 0).decode(errors="replace").strip() or None
+        except OSError:
+            return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            if self.acquired:
+                try:
+                    os.ftruncate(self._fd, 0)
+                except OSError:
+                    pass
+            os.close(self._fd)  # releases the flock
+            self._fd = None
 
 
 def _record_failure(run_dir: Path, metrics: dict[str, Any], stage: str, e: BaseException) -> None:
@@ -307,7 +480,6 @@ def _record_failure(run_dir: Path, metrics: dict[str, Any], stage: str, e: BaseE
     metrics["status"] = "failed"
     metrics["error"] = message
     write_json(run_dir / ERROR, {"error": message, "type": type(e).__name__, "stage": stage})
-    write_json(run_dir / METRICS, metrics)
 
 
 def _save_masks(masks: Mapping[str, torch.Tensor], path: Path) -> None:
