@@ -202,6 +202,8 @@ def parse_config(lines: list[str]) -> dict[str, Node]:
     return nodes
 
 
+#: Kaldi's descriptors nest a few levels (Append(Offset(Sum(...)))); deeper is not a real model.
+MAX_DESCRIPTOR_DEPTH = 64
 _DESC_TOKEN = re.compile(r"\s*([(),]|[^\s(),]+)")
 _OPS = {"Append", "Sum", "Scale", "Const", "Offset", "ReplaceIndex", "IfDefined", "Failover", "Round", "Switch"}
 
@@ -228,6 +230,13 @@ def parse_descriptor(text: str) -> tuple:
     """
     tokens = tokenize_descriptor(text)
     pos = 0
+    depth = deepest = 0
+    for tok in tokens:  # the parser recurses once per level: bound it before parsing
+        depth += (tok == "(") - (tok == ")")
+        deepest = max(deepest, depth)
+    if deepest > MAX_DESCRIPTOR_DEPTH:
+        raise KaldiFormatError(None, "nnet3 config", f"expected descriptors nested at most {MAX_DESCRIPTOR_DEPTH} "
+                               f"deep, found {deepest} levels in descriptor {text[:60]!r}...")
 
     def fail(expected: str) -> KaldiFormatError:
         found = tokens[pos] if pos < len(tokens) else "end of descriptor"
