@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kprune.errors import KaldiFormatError
 from kprune.fileio import write_atomically
+from kprune.kaldi.check import check_transition_model
 from kprune.kaldi.components import VEC, Component, Field, fingerprint, write_value
 from kprune.kaldi.io import BINARY_HEADER, Reader, make_reader, make_writer
 from kprune.kaldi.nnet3 import Nnet3, read_nnet3
@@ -103,6 +104,11 @@ def read_nnet_file(buf: bytearray, path: str | os.PathLike | None = None) -> Nne
         model.transition_model = read_transition_model(r)
         model.nnet = read_nnet3(r)
         _read_am_tail(r, model)
+        tm = model.transition_model
+        check_transition_model(r, tm, model.nnet.node_dims.get("output"), tm.span[0])
+        if len(model.priors.value) not in (0, tm.num_pdfs):
+            raise r.error(f"expected <Priors> of dim 0 or {tm.num_pdfs} (the pdfs), found dim "
+                          f"{len(model.priors.value)}", model.priors.span[0])
     elif bytes(buf[r.pos:r.pos + 8]).lstrip().startswith(b"<Nnet3>"):
         model.nnet = read_nnet3(r)
     else:
