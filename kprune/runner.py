@@ -136,7 +136,8 @@ def resolve_device(name: str) -> torch.device:
 # -- one point ----------------------------------------------------------------
 
 # Evaluation settings that change how a point is computed, not its result.
-_OPERATIONAL_EVAL_KEYS = frozenset({"jobs", "nj", "timeout", "progress", "isolate", "cache_dir", "keep_lattices"})
+_OPERATIONAL_EVAL_KEYS = frozenset({"jobs", "nj", "timeout", "progress", "isolate", "cache_dir", "keep_lattices",
+                                    "allow_pipes"})
 
 
 @dataclass
