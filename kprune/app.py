@@ -20,8 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kprune.errors import KpruneError
-from kprune.runner import (PointSettings, check_can_write_dir, check_run_dir, load_model_once, resolve_model_path,
-                           run_point)
+from kprune.rundir import check_can_write_dir, check_run_dir
+from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

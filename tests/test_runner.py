@@ -314,7 +314,7 @@ def test_an_unwritable_run_directory_is_one_clear_error(tdnn, tmp_path, monkeypa
 
 def test_the_output_schema_names_what_the_evaluators_write(tmp_path):
     from kprune.evaluate import kaldi_backend
-    from kprune.runner import STAGED_MARK, point_outputs
+    from kprune.rundir import STAGED_MARK, point_outputs
 
     assert kaldi_backend._STAGED_MARK == STAGED_MARK
     for name in ("hyp.txt", "per_utt", "per_utt.tsv", "score.txt", "decode.log", "final.mdl", "error.json"):
