@@ -234,6 +234,9 @@ def _parse_node(kind: str, kv: dict[str, str], line: str, nodes: dict[str, Node]
             node = Node(kind, name, input_node=kv["input-node"], dim_offset=int(kv["dim-offset"]), dim=int(kv["dim"]))
     except (KeyError, ValueError) as e:
         raise KaldiFormatError(None, "nnet3 config", f"expected a complete {kind} line, found {line[:80]!r} ({e})") from None
+    if kind == "output-node" and node.objective not in ("linear", "quadratic"):  # Kaldi's ObjectiveType
+        raise KaldiFormatError(None, "nnet3 config", f"expected objective=linear or quadratic in output-node "
+                               f"{name}, found objective={node.objective}")
     return node
 
 

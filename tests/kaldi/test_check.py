@@ -149,3 +149,10 @@ def test_unknown_component_types_still_load():
     for binary in (True, False):
         model = read_nnet_file(bytearray(build_all_types(binary=binary, unknown=True)))
         assert model.nnet.component("custom").type == "CustomScaleComponent"
+
+
+def test_an_unknown_objective_is_refused():
+    text = build_all_types(binary=False)
+    assert text.count(b"objective=linear") >= 1
+    bad = text.replace(b"objective=linear", b"objective=lineat", 1)
+    refused(bad, "expected objective=linear or quadratic in output-node", "bad nnet3 config line", name="<memory>")
