@@ -295,60 +295,45 @@ def check_graph(r: Reader, nnet: "Nnet3", line_pos: Sequence[int]) -> dict[str, 
 
     ``line_pos[i]`` is the byte offset of config line ``i``.  Returns the nodes' output dims.
     """
-    from kprune.kaldi.nnet3 import descriptor_nodes
-
     nodes = nnet.nodes
 
     def where(name: str) -> int | None:
         line = nodes[name].line
         return line_pos[line] if line is not None and line < len(line_pos) else None
 
+    # A node's own dimension comes from its definition (as Kaldi's Nnet::OutputDim), so the
+    # order of the lines and recurrent loops (IfDefined(Offset(c, -1))) do not matter.
     dims: dict[str, int | None] = {}
-    for name, node in nodes.items():  # input nodes first: descriptors may read any of them
+    for name, node in nodes.items():
         if node.kind == "input-node":
             if node.dim <= 0:
                 raise r.error(f"expected input-node {name} with dim > 0, found dim={node.dim}", where(name))
             dims[name] = node.dim
-    pending = [n for n, v in nodes.items() if v.kind != "input-node"]
-    # Nodes may be listed before the nodes they read; resolve in passes, at most one per node.
-    for _ in range(len(pending) + 1):
-        left = []
-        for name in pending:
-            node = nodes[name]
-            if node.kind == "dim-range-node":
-                if node.input_node not in dims:
-                    left.append(name)
-                    continue
-                source = dims[node.input_node]
-                if node.dim <= 0 or node.dim_offset < 0 or (source is not None and node.dim_offset + node.dim > source):
-                    raise r.error(f"expected dim-range-node {name} within the dim {source} of {node.input_node}, "
-                                  f"found dim-offset={node.dim_offset} dim={node.dim}", where(name))
-                dims[name] = node.dim
-                continue
-            if any(n not in dims and nodes[n].kind != "output-node" for n in descriptor_nodes(node.descriptor)):
-                left.append(name)
-                continue
-            try:
-                got = descriptor_dim(node.descriptor, dims)
-            except ValueError as e:
-                raise r.error(f"expected the parts of node {name}'s input to agree, found {e}", where(name)) from None
-            if node.kind == "output-node":
-                dims[name] = got
-                continue
-            comp = nnet.component(node.component)
-            io = component_dims(comp)
-            if io is None:
-                dims[name] = None
-                continue
-            if got is not None and got != io[0]:
-                raise r.error(f"expected the input of component-node {name} to have the input dim {io[0]} of "
-                              f"{comp.type} {comp.name}, found dim {got}", where(name))
-            dims[name] = io[1]
-        if len(left) == len(pending):
-            break
-        pending = left
-    for name in pending:  # a cycle with no Offset to resolve it: leave those dims unknown
-        dims.setdefault(name, None)
+        elif node.kind == "dim-range-node":
+            dims[name] = node.dim
+        elif node.kind == "component-node":
+            io = component_dims(nnet.component(node.component))
+            dims[name] = None if io is None else io[1]
+    for name, node in nodes.items():
+        if node.kind == "dim-range-node":
+            source = dims.get(node.input_node)
+            if node.dim <= 0 or node.dim_offset < 0 or (source is not None and node.dim_offset + node.dim > source):
+                raise r.error(f"expected dim-range-node {name} within the dim {source} of {node.input_node}, "
+                              f"found dim-offset={node.dim_offset} dim={node.dim}", where(name))
+        if node.descriptor is None:
+            continue
+        try:
+            got = descriptor_dim(node.descriptor, dims)
+        except ValueError as e:
+            raise r.error(f"expected the parts of node {name}'s input to agree, found {e}", where(name)) from None
+        if node.kind == "output-node":
+            dims[name] = got
+            continue
+        comp = nnet.component(node.component)
+        io = component_dims(comp)
+        if io is not None and got is not None and got != io[0]:
+            raise r.error(f"expected the input of component-node {name} to have the input dim {io[0]} of "
+                          f"{comp.type} {comp.name}, found dim {got}", where(name))
     return dims
 
 

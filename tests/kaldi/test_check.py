@@ -156,3 +156,13 @@ def test_an_unknown_objective_is_refused():
     assert text.count(b"objective=linear") >= 1
     bad = text.replace(b"objective=linear", b"objective=lineat", 1)
     refused(bad, "expected objective=linear or quadratic in output-node", "bad nnet3 config line", name="<memory>")
+
+
+def test_a_recurrent_loop_is_checked_and_loads():
+    text = build_all_types(binary=False)
+    old = b"component-node name=tdnn1.relu component=tdnn1.relu input=tdnn1.affine"
+    loop = old.replace(b"input=tdnn1.affine", b"input=Sum(tdnn1.affine, IfDefined(Offset(tdnn1.batchnorm, -1)))")
+    read_nnet_file(bytearray(text.replace(old, loop)))  # a later node, read one frame back: as Kaldi allows
+    wrong = old.replace(b"input=tdnn1.affine", b"input=Sum(tdnn1.affine, IfDefined(Offset(lda, -1)))")
+    refused(text.replace(old, wrong), "expected the parts of node tdnn1.relu's input to agree",
+            "Sum() of parts with different dims [16, 28]", name="<memory>")
