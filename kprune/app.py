@@ -15,10 +15,12 @@ from typing import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kprune.errors import KpruneError
+from kprune.rundir import check_can_write_dir, check_run_dir
 from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,29 @@ def point_settings(cfg: DictConfig, cwd: Path) -> PointSettings:
         exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
         device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
         histograms=bool(cfg.tensorboard.histograms), eval=OmegaConf.to_container(cfg.eval, resolve=True))
+
+
+class RunDirGuard(Callback):
+    """Checks the run (or sweep) directory before Hydra writes anything there (``hydra.callbacks``).
+
+    A directory that holds the model, or that cannot be written, is refused with
+    one line; Hydra has not yet created it, its ``.hydra/`` or its log.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, Path(str(config.hydra.sweep.dir)))
+
+    @staticmethod
+    def _check(config: DictConfig, run_dir: Path) -> None:
+        try:
+            check_run_dir(resolve_model_path(config.model, Path.cwd()), run_dir)
+            check_can_write_dir(run_dir)
+        except KpruneError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

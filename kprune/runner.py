@@ -22,8 +22,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Any, Callable, Mapping
 import torch
 
 from kprune.errors import ConfigError
+from kprune.rundir import (ERROR, EVENTS, MASKS, METRICS, POINT, SPARSITY, PointLock, archive_previous,
+                           check_run_dir, ensure_writable_dir, remove_stale_temporaries)
 from kprune.fileio import write_atomically, write_json_atomically as write_json
 from kprune.pruning.calibration import needs_calibration, prune_model
 from kprune.pruning.config import MethodConfig, RepairConfig, recipe_label
@@ -42,11 +42,6 @@ from kprune.model import Model, ModelState, load_model
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.json"
-SPARSITY = "sparsity.json"
-ERROR = "error.json"
-POINT = "point.json"
-MASKS = "masks.pt"
 
 
 # -- the model, once per process ----------------------------------------------
@@ -133,7 +128,8 @@ def resolve_device(name: str) -> torch.device:
 # -- one point ----------------------------------------------------------------
 
 # Evaluation settings that change how a point is computed, not its result.
-_OPERATIONAL_EVAL_KEYS = frozenset({"jobs", "nj", "timeout", "progress", "isolate", "cache_dir", "keep_lattices"})
+_OPERATIONAL_EVAL_KEYS = frozenset({"jobs", "nj", "timeout", "progress", "isolate", "cache_dir", "keep_lattices",
+                                    "allow_pipes"})
 
 
 @dataclass
@@ -215,7 +211,7 @@ def prune(loaded: LoadedModel, method: str | MethodConfig, threshold: float, lay
 
 
 def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[], Any] | None = None,
-              tolerate_failure: bool = False, summary: str = "full") -> dict[str, Any]:
+              tolerate_failure: bool = False, summary: str = "full", wait: bool | None = None) -> dict[str, Any]:
     """Prunes, exports, evaluates and records one point in ``run_dir``; returns its metrics.
 
     ``evaluator`` is called, only when the point is not already complete, to get
@@ -223,10 +219,24 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
     recorded and returned as a failed point; otherwise it is recorded and
     re-raised.  ``summary`` is ``"full"`` (the row and the per-layer table),
     ``"row"`` or ``"none"``.
+
+    Another process working on the same directory holds its lock: with ``wait``
+    (default: not ``tolerate_failure``, i.e. a single run) this one waits for it,
+    otherwise (a sweep) it skips the point and returns ``{"status": "taken"}``.
     """
     run_dir = Path(run_dir)
-    _refuse_input_dir(settings.model, run_dir)  # before anything is written there
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(settings.model, run_dir)  # before anything is written there
+    ensure_writable_dir(run_dir)
+    with PointLock(run_dir, wait=not tolerate_failure if wait is None else wait) as lock:
+        if not lock.acquired:
+            log.warning("%s: taken by another process (%s); skipped", run_dir, lock.holder or "unknown pid")
+            return {"status": "taken", "group": settings.group, "method": settings.method,
+                    "threshold": settings.threshold, "layers": _layers_text(settings.layers)}
+        return _run_locked(settings, run_dir, evaluator, tolerate_failure, summary)
+
+
+def _run_locked(settings: PointSettings, run_dir: Path, evaluator: Callable[[], Any] | None,
+                tolerate_failure: bool, summary: str) -> dict[str, Any]:
     started = time.perf_counter()
     metrics: dict[str, Any] = {"status": "failed", "group": settings.group, "method": settings.method,
                                "threshold": settings.threshold, "layers": _layers_text(settings.layers)}
@@ -241,7 +251,9 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
             log.info("%s: complete for these settings, skipped", run_dir)
             _print_summary(summary, done, None)
             return done
-        _archive_previous(run_dir)  # before any write: a failure below loses nothing
+        archive_previous(run_dir, settings.model.name)  # before any write: a failure below loses nothing
+        remove_stale_temporaries(run_dir, settings.model.name)
+        (run_dir / METRICS).unlink(missing_ok=True)  # written last: until then the point is not complete
         write_json(run_dir / POINT, fingerprint)
         loaded = load_model_once(settings.model)
         device = resolve_device(settings.device)
@@ -279,14 +291,15 @@ def run_point(settings: PointSettings, run_dir: Path, *, evaluator: Callable[[],
         metrics["status"] = "ok"
         metrics["seconds"] = time.perf_counter() - started
         (run_dir / ERROR).unlink(missing_ok=True)
-        write_json(run_dir / METRICS, metrics)
         _log_tensorboard(settings, run_dir, metrics, sparsity_doc, loaded, masks)
+        write_json(run_dir / METRICS, metrics)  # the completion mark: written last
         _print_summary(summary, metrics, sparsity_doc)
         return metrics
     except Exception as e:  # recorded in run_dir; a multirun goes on
-        _archive_previous(run_dir)
+        archive_previous(run_dir, settings.model.name)
         _record_failure(run_dir, metrics, stage, e)
         _log_tensorboard(settings, run_dir, metrics, sparsity_doc, None, None)
+        write_json(run_dir / METRICS, metrics)
         _print_summary(summary, metrics, None)
         if not tolerate_failure:
             raise
@@ -323,7 +336,9 @@ def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
                       save_masks: bool = False) -> dict[str, Any] | None:
     """The metrics of a finished point with the same settings, or None.
 
-    A point evaluated earlier also satisfies a request without evaluation.
+    A point is finished when ``metrics.json`` (written last) says ``ok`` and its
+    model, masks and TensorBoard record exist.  A point evaluated earlier also
+    satisfies a request without evaluation.
     """
     try:
         metrics = json.loads((run_dir / METRICS).read_text())
@@ -331,6 +346,8 @@ def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
     except (OSError, ValueError):
         return None
     wanted = json.loads(json.dumps(fingerprint))
+    if not isinstance(point, dict) or not isinstance(metrics, dict):
+        return None
     if not wanted["eval"]:
         point = {**point, "eval": {}}
     if metrics.get("status") != "ok" or point != wanted:
@@ -339,32 +356,9 @@ def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,
         return None
     if save_masks and not (run_dir / MASKS).is_file():
         return None
+    if not any(run_dir.glob(EVENTS)):
+        return None
     return metrics
-
-
-def _refuse_input_dir(model: Path, run_dir: Path) -> None:
-    """The run directory must not be where the input model lives (it would be replaced)."""
-    target = run_dir / model.name
-    if target.exists() and model.exists() and os.path.samefile(target, model):
-        raise ConfigError(f"the run directory {run_dir} holds the input model {model}; "
-                          "choose another hydra.run.dir / hydra.sweep.dir")
-
-
-def _archive_previous(run_dir: Path) -> None:
-    """Moves a completed run's outputs aside (they are for other settings), so nothing is lost."""
-    try:
-        if json.loads((run_dir / METRICS).read_text()).get("status") != "ok":
-            return
-    except (OSError, ValueError):
-        return
-    keep = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
-    keep = Path(tempfile.mkdtemp(prefix=keep.name + "-", dir=keep.parent)) if keep.exists() else keep
-    keep.mkdir(parents=True, exist_ok=True)
-    for p in run_dir.iterdir():
-        if p.name in (".hydra", ".previous") or p.name.endswith(".log"):
-            continue
-        shutil.move(str(p), keep / p.name)
-    log.warning("%s held a run with other settings; moved it to %s", run_dir, keep)
 
 
 def _record_failure(run_dir: Path, metrics: dict[str, Any], stage: str, e: BaseException) -> None:
@@ -372,7 +366,6 @@ def _record_failure(run_dir: Path, metrics: dict[str, Any], stage: str, e: BaseE
     metrics["status"] = "failed"
     metrics["error"] = message
     write_json(run_dir / ERROR, {"error": message, "type": type(e).__name__, "stage": stage})
-    write_json(run_dir / METRICS, metrics)
 
 
 def _save_masks(masks: Mapping[str, torch.Tensor], path: Path) -> None:

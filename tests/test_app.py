@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def kprune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kprune", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=_env())
+
+
+def _env() -> dict[str, str]:
+    """This checkout's kprune, whatever the environment's editable install points to."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 @pytest.fixture
@@ -96,3 +103,51 @@ def test_point_directory_names():
     assert point_dir_name([]) == "default"
     long = point_dir_name([f"layers=[{','.join(f'layer{i}' for i in range(40))}]"])
     assert len(long) <= 120 and "/" not in long
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+def test_a_run_directory_above_the_model_is_refused_before_hydra_writes(tmp_path):
+    vm = tmp_path / "vm"
+    model = vm / "am" / "final.mdl"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(build_tdnn(hidden_dim=16, num_pdfs=8))
+    (vm / "conf").mkdir()
+    (vm / "notes.txt").write_text("mine\n")
+    before = sorted(p.relative_to(vm) for p in vm.rglob("*"))
+    for args in (("threshold=0.01", f"hydra.run.dir={vm}"), ("threshold=0.02", f"hydra.run.dir={vm}"),
+                 ("threshold=0.02", "hydra.run.dir=."), ("threshold=0.1,0.2", "hydra.sweep.dir=.", "-m")):
+        line = _one_error_line(kprune(*args[2:], f"model={model}", *args[:2], cwd=vm))
+        assert "holds the input model" in line
+    assert sorted(p.relative_to(vm) for p in vm.rglob("*")) == before  # no .hydra, no log, nothing moved
+
+
+def test_an_unwritable_run_directory_is_one_line(tdnn, tmp_path):
+    (tmp_path / "file").write_text("x")
+    line = _one_error_line(kprune(f"model={tdnn}", "hydra.run.dir=file/run", cwd=tmp_path))
+    assert "cannot create the run directory" in line and "not a directory" in line
+
+
+@pytest.mark.slow
+def test_two_copies_of_a_sweep_share_its_points(tdnn, tmp_path):
+    args = [sys.executable, "-m", "kprune", "-m", f"model={tdnn}", "threshold=0.1,0.2,0.3,0.4,0.5,0.6",
+            "hydra.sweep.dir=sweep"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_env())
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    points = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.startswith("threshold=")]
+    assert len(points) == 6
+    for point in points:
+        assert len(list(point.glob("events.out.tfevents.*"))) == 1, (point, outputs)
+        assert json.loads((point / "metrics.json").read_text())["status"] == "ok"
+    text = "".join(outputs)
+    assert "taken by another process" in text or text.count("complete for these settings, skipped") == 6, text
+    assert text.count("skipped") == 6, text  # of 12 visits, each point was computed once

@@ -191,3 +191,139 @@ def test_the_input_model_directory_is_refused(tdnn):
         run_point(settings(tdnn), tdnn.parent, summary="none")
     assert tdnn.read_bytes() == before and not (tdnn.parent / ".previous").exists()
     assert not (tdnn.parent / "error.json").exists()
+
+
+# -- what kprune may touch (issue 9) -------------------------------------------
+
+def test_a_run_directory_above_the_model_is_refused(tmp_path):
+    vm = tmp_path / "vm"
+    model = vm / "am" / "final.mdl"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(build_tdnn(hidden_dim=16, num_pdfs=8))
+    (vm / "conf").mkdir()
+    (vm / "conf" / "model.conf").write_text("--x=1\n")
+    before = sorted(p.relative_to(vm) for p in vm.rglob("*"))
+    for run_dir in (vm, tmp_path):
+        with pytest.raises(ConfigError, match="holds the input model"):
+            run_point(settings(model), run_dir, summary="none")
+    assert sorted(p.relative_to(vm) for p in vm.rglob("*")) == before
+    assert not list(tmp_path.glob(".*")) and not list(tmp_path.glob("*.json"))
+
+
+def test_a_run_directory_above_a_link_to_the_model_is_refused(tdnn, tmp_path):
+    link_dir = tmp_path / "links" / "am"
+    link_dir.mkdir(parents=True)
+    (link_dir / "final.mdl").symlink_to(tdnn)
+    with pytest.raises(ConfigError, match="holds the input model"):
+        run_point(settings(link_dir / "final.mdl"), tdnn.parent.parent, summary="none")
+
+
+def test_archiving_moves_only_the_points_own_outputs(tdnn, tmp_path):
+    run = tmp_path / "work"
+    (run / "src").mkdir(parents=True)
+    (run / "notes.txt").write_text("mine\n")
+    (run / "src" / "a.py").write_text("print(1)\n")
+    (run / ".hydra").mkdir()
+    (run / "kprune.log").write_text("log\n")
+    run_point(settings(tdnn, threshold=0.1, histograms=False), run, summary="none")
+    run_point(settings(tdnn, threshold=0.2), run, summary="none")
+    assert (run / "notes.txt").read_text() == "mine\n" and (run / "src" / "a.py").is_file()
+    assert (run / ".hydra").is_dir() and (run / "kprune.log").is_file()
+    (previous,) = (run / ".previous").iterdir()
+    moved = sorted(p.name for p in previous.iterdir())
+    assert [n for n in moved if not n.startswith("events.out.tfevents.")] == [
+        "final.mdl", "masks.pt", "metrics.json", "point.json", "sparsity.json"]
+    assert len(moved) == 6
+
+
+def test_a_point_killed_before_its_tensorboard_record_is_redone(tdnn, tmp_path, monkeypatch):
+    import kprune.report.tensorboard as tb
+
+    run = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(tb, "log_run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_point(settings(tdnn), run, summary="none")
+    monkeypatch.undo()
+    assert not (run / "metrics.json").exists()  # not complete
+    metrics = run_point(settings(tdnn), run, summary="none")
+    assert metrics["status"] == "ok" and list(run.glob("events.out.tfevents.*"))
+
+
+def test_a_point_without_its_tensorboard_record_is_not_complete(tdnn, tmp_path):
+    run = tmp_path / "run"
+    run_point(settings(tdnn), run, summary="none")
+    (event,) = run.glob("events.out.tfevents.*")
+    event.unlink()
+    run_point(settings(tdnn), run, summary="none")
+    assert list(run.glob("events.out.tfevents.*"))
+
+
+def test_stale_temporaries_are_removed_when_a_point_is_redone(tdnn, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [run / ".final.mdl.abc123.tmp", run / ".masks.pt.x.tmp", run / ".4242.events.partial"]
+    for p in stale:
+        p.write_bytes(b"\0" * 100)
+    (run / ".notes.txt.x.tmp").write_text("not ours\n")
+    run_point(settings(tdnn), run, summary="none")
+    assert not any(p.exists() for p in stale)
+    assert (run / ".notes.txt.x.tmp").exists()
+
+
+def test_a_taken_point_is_skipped_or_waited_for(tdnn, tmp_path, caplog):
+    import fcntl
+    import os
+    import threading
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / ".kprune.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"pid 99999\n")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    release = threading.Timer(0.5, os.close, (fd,))  # the other process finishes
+    try:
+        metrics = run_point(settings(tdnn), run, tolerate_failure=True, summary="none")
+        assert metrics["status"] == "taken" and not (run / "metrics.json").exists()
+        assert "taken by another process (pid 99999); skipped" in caplog.text
+        release.start()
+        metrics = run_point(settings(tdnn), run, summary="none")  # a single run waits
+        assert metrics["status"] == "ok" and "waiting for it" in caplog.text
+    finally:
+        if not release.is_alive() and not release.finished.is_set():
+            os.close(fd)
+        release.join()
+
+
+def test_an_unwritable_run_directory_is_one_clear_error(tdnn, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="cannot create the run directory .*file/run"):
+        run_point(settings(tdnn), blocker / "run", summary="none")
+    import os
+
+    run = tmp_path / "ro"
+    run.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a non-root user on a read-only dir
+    with pytest.raises(ConfigError, match="cannot write in the run directory .*ro: permission denied"):
+        run_point(settings(tdnn), run, summary="none")
+
+
+def test_the_output_schema_names_what_the_evaluators_write(tmp_path):
+    from kprune.evaluate import kaldi_backend
+    from kprune.rundir import STAGED_MARK, point_outputs
+
+    assert kaldi_backend._STAGED_MARK == STAGED_MARK
+    for name in ("hyp.txt", "per_utt", "per_utt.tsv", "score.txt", "decode.log", "final.mdl", "error.json"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "tdnn1a_sp").mkdir()
+    (tmp_path / "tdnn1a_sp" / STAGED_MARK).write_text("staged\n")
+    (tmp_path / "exp").mkdir()  # the user's, not staged by kprune
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "events.out.tfevents.1.host.2.0").write_text("x")
+    names = sorted(p.name for p in point_outputs(tmp_path, ["final.mdl"]))
+    assert names == sorted(["decode.log", "error.json", "events.out.tfevents.1.host.2.0", "final.mdl", "hyp.txt",
+                            "per_utt", "per_utt.tsv", "score.txt", "tdnn1a_sp"])

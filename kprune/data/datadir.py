@@ -373,10 +373,15 @@ class PreparedAudio:
 class _Recording:
     """A recording's samples, read once: from a file in place or from a command."""
 
-    def __init__(self, recording: str, source: str, data_dir: Path, staging: Path):
+    def __init__(self, recording: str, source: str, data_dir: Path, staging: Path, allow_pipes: bool = True):
         self.where = f"{data_dir / 'wav.scp'} ({recording})"
         if source.endswith("|"):
             command = source[:-1].strip()
+            if not allow_pipes:
+                raise EvaluationError(
+                    f"{self.where}: expected a WAV file, found the shell command '{command} |', "
+                    "which eval.allow_pipes=false refuses to run"
+                )
             data = _run_wav_command(command, data_dir, self.where)
             self.path = staging / f"cmd-{hashlib.sha1(source.encode()).hexdigest()[:16]}.wav"
             self.path.write_bytes(data)
@@ -412,11 +417,13 @@ def _run_wav_command(command: str, cwd: Path, where: str) -> bytes:
     return result.stdout
 
 
-def prepare_audio(data: DataDir, features: FeatureConf, staging: Path) -> PreparedAudio:
+def prepare_audio(data: DataDir, features: FeatureConf, staging: Path, allow_pipes: bool = True) -> PreparedAudio:
     """Check every utterance's audio and give the byte ranges the decoder reads.
 
     ``staging`` is a directory for audio that cannot be read in place (command
     output, audio resampled here); it must live as long as the items are used.
+    A ``wav.scp`` entry ending in ``|`` is a shell command (Kaldi's convention),
+    run from the data directory; ``allow_pipes=False`` refuses it instead.
     """
     staging.mkdir(parents=True, exist_ok=True)
     recordings: dict[str, _Recording] = {}
@@ -428,7 +435,8 @@ def prepare_audio(data: DataDir, features: FeatureConf, staging: Path) -> Prepar
         rec = recordings.get(segment.recording)
         if rec is None:
             source = data.wav_source(segment.recording)
-            rec = recordings[segment.recording] = _Recording(segment.recording, source, data.path, staging)
+            rec = recordings[segment.recording] = _Recording(segment.recording, source, data.path, staging,
+                                                             allow_pipes)
         info = rec.info
         first = 0 if segment.start == 0 else int(round(segment.start * info.rate))
         last = info.num_samples if segment.end is None else min(info.num_samples, int(round(segment.end * info.rate)))

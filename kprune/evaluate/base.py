@@ -282,6 +282,14 @@ def positive_number(cfg: Mapping[str, Any], key: str, default: float, integer: b
     return value
 
 
+def bool_setting(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A setting that must be true or false."""
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"eval.{key}: expected true or false, found {value!r}")
+    return value
+
+
 def mandatory(cfg: Mapping[str, Any], key: str, backend: str, hint: str) -> Any:
     """A setting that has no default (``???`` in the YAML)."""
     value = cfg.get(key)

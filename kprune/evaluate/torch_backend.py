@@ -48,6 +48,7 @@ from kprune.evaluate.base import (
     Evaluator,
     TranscriptScoring,
     absolute_path,
+    bool_setting,
     check_keys,
     file_digest,
     positive_number,
@@ -103,12 +104,13 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
     """Decodes with the network in torch and ``kaldi-decoder``; scores WER and CER."""
 
     SETTINGS = {"data", "model_dir", "device", "mode", "result", "ivector_period", "chunk_seconds", "batch_frames",
-                "jobs", "timeout", "cache_dir", "graph_cache", "signals", "normalize"}
+                "jobs", "timeout", "cache_dir", "graph_cache", "signals", "normalize", "allow_pipes"}
 
     def __init__(self, model_path: Path, data_dir: Path, *, model_dir: Path | None = None, device: str = "auto",
                  mode: str = "vosk", result: str | None = None, ivector_period: int = 10, chunk_seconds: float = 0.5,
                  batch_frames: int | None = None, jobs: int = 0, timeout: float = 3600.0, cache_dir: Path | None = None,
-                 graph_cache: Path | None = None, signals: bool = True, normalizer: Normalizer | None = None):
+                 graph_cache: Path | None = None, signals: bool = True, normalizer: Normalizer | None = None,
+                 allow_pipes: bool = True):
         super().__init__(cache_dir)
         from kprune.data.features import FeaturePipeline
         from kprune.features.conf import read_kaldi_conf
@@ -147,7 +149,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
 
         self.work_dir = Path(tempfile.mkdtemp(prefix="kprune-torch-"))
         self._cleanup = weakref.finalize(self, remove_staged, self.work_dir)
-        self.audio = datadir.prepare_audio(self.data, feature_conf, self.work_dir / "audio")
+        self.audio = datadir.prepare_audio(self.data, feature_conf, self.work_dir / "audio", allow_pipes)
         self.refs = {utt: self.normalizer(text) for utt, text in self.data.text.items()}
         if not any(self.refs.values()):
             raise EvaluationError(f"{self.data.path / 'text'}: every transcript is empty after normalisation")
@@ -190,6 +192,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
             graph_cache=absolute_path(cfg["graph_cache"]) if cfg.get("graph_cache") else None,
             signals=signals,
             normalizer=Normalizer.from_config(cfg.get("normalize")),
+            allow_pipes=bool_setting(cfg, "allow_pipes", True),
         )
 
     # ------------------------------------------------------------ preparation

@@ -38,6 +38,7 @@ from kprune.evaluate.base import (
     Evaluator,
     TranscriptScoring,
     absolute_path,
+    bool_setting,
     check_keys,
     file_digest,
     positive_number,
@@ -100,7 +101,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
 
     SETTINGS = {
         "data", "model_dir", "jobs", "timeout", "cache_dir", "normalize",
-        "isolate", "progress", "chunk_seconds", "dither",
+        "isolate", "progress", "chunk_seconds", "dither", "allow_pipes",
     }
 
     def __init__(
@@ -117,6 +118,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
         progress: bool | None = None,
         chunk_seconds: float = CHUNK_SECONDS,
         dither: float | None = 0.0,
+        allow_pipes: bool = True,
     ):
         super().__init__(cache_dir)
         self.model_path = Path(model_path).resolve()
@@ -141,7 +143,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
         self.data = datadir.read_data_dir(Path(data_dir))
         self.work_dir = Path(tempfile.mkdtemp(prefix="kprune-vosk-"))
         self._cleanup = weakref.finalize(self, remove_staged, self.work_dir)
-        self.audio = datadir.prepare_audio(self.data, self.features, self.work_dir / "audio")
+        self.audio = datadir.prepare_audio(self.data, self.features, self.work_dir / "audio", allow_pipes)
         self.refs = {utt: self.normalizer(text) for utt, text in self.data.text.items()}
         if not any(self.refs.values()):
             raise EvaluationError(f"{self.data.path / 'text'}: every transcript is empty after normalisation")
@@ -179,6 +181,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
             progress=None if progress in ("auto", None) else progress,
             chunk_seconds=positive_number(cfg, "chunk_seconds", CHUNK_SECONDS),
             dither=_dither(cfg.get("dither", 0.0)),
+            allow_pipes=bool_setting(cfg, "allow_pipes", True),
         )
 
     def _staged_files(self) -> dict[str, str]:

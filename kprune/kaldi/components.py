@@ -294,6 +294,14 @@ def _read_opaque(r: Reader, name: str, ctype: str, start: int) -> OpaqueComponen
 
 def check_component(r: Reader, comp: Component) -> None:
     """Checks what Kaldi would check on read, plus finite weights."""
+    from kprune.kaldi.check import check_schema, check_values
+
+    check_schema(r, comp)
+    _check_weights(r, comp)
+    check_values(r, comp)
+
+
+def _check_weights(r: Reader, comp: Component) -> None:
     name, ctype = comp.name, comp.type
     where = comp.span[0] if comp.span else None
     if ctype in WEIGHT_FIELD:

@@ -349,12 +349,11 @@ class TextReader(Reader):
     def read_int_vector(self) -> np.ndarray:
         lo, hi = self._bracketed("an integer vector")
         words = bytes(self.buf[lo:hi]).split()
-        try:
-            return np.array([int(w) for w in words], dtype=np.int32)
-        except (ValueError, OverflowError):
-            bad = next(w for w in words if not w.lstrip(b"-").isdigit() or not -(1 << 31) <= int(w) < (1 << 31))
+        bad = next((w for w in words if not _is_int32(w)), None)
+        if bad is not None:
             raise self.error(f"expected an int32 in an integer vector, found {_describe(bad)}",
-                             lo + bytes(self.buf[lo:hi]).find(bad)) from None
+                             lo + bytes(self.buf[lo:hi]).find(bad))
+        return np.array([int(w) for w in words], dtype=np.int32)
 
     def read_vector(self) -> tuple[np.ndarray, str]:
         lo, hi = self._bracketed("a vector")
@@ -373,6 +372,12 @@ class TextReader(Reader):
         if values.size != cols * len(rows) or any(len(r.split()) != cols for r in rows):
             raise self.error(f"expected a matrix whose rows all have {cols} values, found rows of unequal length", start)
         return values.reshape(len(rows), cols), "FM"
+
+
+def _is_int32(word: bytes) -> bool:
+    """An optional minus sign, then digits, within int32 (what Kaldi's integer reading takes)."""
+    digits = word[1:] if word[:1] in (b"-", b"+") else word
+    return digits.isdigit() and -(1 << 31) <= int(word) < (1 << 31)
 
 
 def _is_number(word: bytes) -> bool:

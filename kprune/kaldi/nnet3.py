@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from kprune.errors import KaldiFormatError
+from kprune.kaldi.check import check_graph
 from kprune.kaldi.components import Component, OpaqueComponent, read_component
 from kprune.kaldi.io import Reader, Writer
 
@@ -27,6 +28,7 @@ class Nnet3:
     components: list[AnyComponent]
     span: tuple[int, int] | None = None
     _nodes: dict[str, "Node"] | None = field(default=None, repr=False)
+    node_dims: dict[str, int | None] = field(default_factory=dict, repr=False)  # checked on read
 
     def component(self, name: str) -> AnyComponent | None:
         return next((c for c in self.components if c.name == name), None)
@@ -82,16 +84,17 @@ def read_nnet3(r: Reader) -> Nnet3:
     first = r.read_line()
     if first.strip():
         raise r.error(f"expected a newline after <Nnet3>, found {first[:40]!r}")
-    lines = []
+    lines: list[str] = []
+    line_pos: list[int] = []
     while True:
-        line_pos = r.pos
+        line_pos.append(r.pos)
         if r.at_end():
             raise r.error("expected an empty line ending the nnet3 config section, found end of file")
         line = r.read_line()
         if not line.strip():
             break
         if len(lines) > 1_000_000:
-            raise r.error("expected an empty line ending the nnet3 config section, found none", line_pos)
+            raise r.error("expected an empty line ending the nnet3 config section, found none", line_pos[-1])
         lines.append(line)
     r.expect_token("<NumComponents>")
     count_pos = r.pos
@@ -112,18 +115,26 @@ def read_nnet3(r: Reader) -> Nnet3:
     nnet = Nnet3(lines, components, (start, r.pos))
     try:
         nodes = nnet.nodes
+    except ConfigLineError as e:
+        raise r.error(f"bad nnet3 config line {e.line + 1}: {e.reason}", line_pos[e.line]) from None
     except KaldiFormatError as e:
         raise r.error(f"bad nnet3 config: {e.reason}", start) from None
     for node in nodes.values():
+        at = line_pos[node.line] if node.line is not None else start
         if node.kind == "component-node" and node.component not in names:
-            raise r.error(f"expected component {node.component!r} used by node {node.name!r}, found no such component", start)
+            raise r.error(f"expected component {node.component!r} used by node {node.name!r}, found no such component", at)
         needed = descriptor_nodes(node.descriptor) if node.descriptor is not None else []
         if node.kind == "dim-range-node":
             needed = [node.input_node]
         for name in needed:
-            if name not in nodes:
+            if name not in nodes or nodes[name].kind == "output-node":
                 raise r.error(f"expected node {name!r} read by node {node.name!r} in the nnet3 config, found none",
-                              start)
+                              at)
+    if "output" not in nodes or nodes["output"].kind != "output-node":
+        outputs = sorted(n for n, v in nodes.items() if v.kind == "output-node")
+        raise r.error(f"expected an output-node named 'output' in the nnet3 config, found output nodes {outputs}",
+                      start)
+    nnet.node_dims = check_graph(r, nnet, line_pos)
     return nnet
 
 
@@ -153,6 +164,7 @@ class Node:
     objective: str | None = None
     input_node: str | None = None
     dim_offset: int | None = None
+    line: int | None = None  # index of its config line
 
 
 def parse_config_line(line: str) -> tuple[str, dict[str, str]]:
@@ -168,40 +180,68 @@ def parse_config_line(line: str) -> tuple[str, dict[str, str]]:
         value = rest[m.end():end].strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        if m.group(1) in pairs:
+            raise KaldiFormatError(None, "nnet3 config", f"expected each key once, found {m.group(1)}= twice in "
+                                   f"line {line[:80]!r}")
         pairs[m.group(1)] = value
     return kind, pairs
 
 
 def parse_config(lines: list[str]) -> dict[str, Node]:
     nodes: dict[str, Node] = {}
-    for line in lines:
+    for number, line in enumerate(lines):
         if not line.split("#", 1)[0].strip():
             continue
-        kind, kv = parse_config_line(line)
-        allowed = _NODE_KEYS.get(kind)
-        if allowed is None:
-            raise KaldiFormatError(None, "nnet3 config", f"expected a line starting with one of {sorted(_NODE_KEYS)}, found {line[:60]!r}")
-        unknown = set(kv) - allowed
-        if unknown or "name" not in kv or not _NAME.fullmatch(kv["name"]):
-            raise KaldiFormatError(None, "nnet3 config", f"expected {kind} with keys {sorted(allowed)} and a valid name, found {line[:80]!r}")
-        name = kv["name"]
-        if name in nodes:
-            raise KaldiFormatError(None, "nnet3 config", f"expected unique node names, found {name!r} twice")
         try:
-            if kind == "input-node":
-                node = Node(kind, name, dim=int(kv["dim"]))
-            elif kind == "component-node":
-                node = Node(kind, name, component=kv["component"], descriptor=parse_descriptor(kv["input"]))
-            elif kind == "output-node":
-                node = Node(kind, name, descriptor=parse_descriptor(kv["input"]), objective=kv.get("objective", "linear"))
-            else:
-                node = Node(kind, name, input_node=kv["input-node"], dim_offset=int(kv["dim-offset"]), dim=int(kv["dim"]))
-        except (KeyError, ValueError) as e:
-            raise KaldiFormatError(None, "nnet3 config", f"expected a complete {kind} line, found {line[:80]!r} ({e})") from None
-        nodes[name] = node
+            kind, kv = parse_config_line(line)
+        except KaldiFormatError as e:
+            raise ConfigLineError(number, e.reason) from None
+        try:
+            node = _parse_node(kind, kv, line, nodes)
+        except KaldiFormatError as e:
+            raise ConfigLineError(number, e.reason) from None
+        node.line = number
+        nodes[node.name] = node
     return nodes
 
 
+class ConfigLineError(KaldiFormatError):
+    """A bad config line; ``line`` is its index in the config lines."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(None, "nnet3 config", message)
+        self.line = line
+
+
+def _parse_node(kind: str, kv: dict[str, str], line: str, nodes: dict[str, Node]) -> Node:
+    allowed = _NODE_KEYS.get(kind)
+    if allowed is None:
+        raise KaldiFormatError(None, "nnet3 config", f"expected a line starting with one of {sorted(_NODE_KEYS)}, found {line[:60]!r}")
+    unknown = set(kv) - allowed
+    if unknown or "name" not in kv or not _NAME.fullmatch(kv["name"]):
+        raise KaldiFormatError(None, "nnet3 config", f"expected {kind} with keys {sorted(allowed)} and a valid name, found {line[:80]!r}")
+    name = kv["name"]
+    if name in nodes:
+        raise KaldiFormatError(None, "nnet3 config", f"expected unique node names, found {name!r} twice")
+    try:
+        if kind == "input-node":
+            node = Node(kind, name, dim=int(kv["dim"]))
+        elif kind == "component-node":
+            node = Node(kind, name, component=kv["component"], descriptor=parse_descriptor(kv["input"]))
+        elif kind == "output-node":
+            node = Node(kind, name, descriptor=parse_descriptor(kv["input"]), objective=kv.get("objective", "linear"))
+        else:
+            node = Node(kind, name, input_node=kv["input-node"], dim_offset=int(kv["dim-offset"]), dim=int(kv["dim"]))
+    except (KeyError, ValueError) as e:
+        raise KaldiFormatError(None, "nnet3 config", f"expected a complete {kind} line, found {line[:80]!r} ({e})") from None
+    if kind == "output-node" and node.objective not in ("linear", "quadratic"):  # Kaldi's ObjectiveType
+        raise KaldiFormatError(None, "nnet3 config", f"expected objective=linear or quadratic in output-node "
+                               f"{name}, found objective={node.objective}")
+    return node
+
+
+#: Kaldi's descriptors nest a few levels (Append(Offset(Sum(...)))); deeper is not a real model.
+MAX_DESCRIPTOR_DEPTH = 64
 _DESC_TOKEN = re.compile(r"\s*([(),]|[^\s(),]+)")
 _OPS = {"Append", "Sum", "Scale", "Const", "Offset", "ReplaceIndex", "IfDefined", "Failover", "Round", "Switch"}
 
@@ -228,6 +268,13 @@ def parse_descriptor(text: str) -> tuple:
     """
     tokens = tokenize_descriptor(text)
     pos = 0
+    depth = deepest = 0
+    for tok in tokens:  # the parser recurses once per level: bound it before parsing
+        depth += (tok == "(") - (tok == ")")
+        deepest = max(deepest, depth)
+    if deepest > MAX_DESCRIPTOR_DEPTH:
+        raise KaldiFormatError(None, "nnet3 config", f"expected descriptors nested at most {MAX_DESCRIPTOR_DEPTH} "
+                               f"deep, found {deepest} levels in descriptor {text[:60]!r}...")
 
     def fail(expected: str) -> KaldiFormatError:
         found = tokens[pos] if pos < len(tokens) else "end of descriptor"

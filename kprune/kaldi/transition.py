@@ -35,6 +35,7 @@ class TransitionModel:
     tuples: np.ndarray  # int32 [num_tuples, 4]
     log_probs: np.ndarray  # float32 [num_transition_ids + 1]
     span: tuple[int, int] | None = None
+    tuples_pos: int | None = field(default=None, repr=False)  # where the tuples start in the file read
 
     @property
     def is_hmm(self) -> bool:
@@ -148,6 +149,7 @@ def read_transition_model(r: Reader) -> TransitionModel:
     if n < 0:
         raise r.error(f"expected a non-negative number of transition tuples, found {n}", hmm_pos)
     width = 3 if opening == "<Triples>" else 4
+    tuples_pos = r.pos
     tuples = _read_tuples(r, n, width)
     if width == 3:
         tuples = np.concatenate([tuples, tuples[:, 2:3]], axis=1)
@@ -158,6 +160,7 @@ def read_transition_model(r: Reader) -> TransitionModel:
     r.expect_token("</TransitionModel>")
     tm = TransitionModel(phones, phone2idx, entries, tuples.astype(np.int32),
                          np.array(log_probs, dtype=np.float32), (start, r.pos))
+    tm.tuples_pos = tuples_pos
     _check(r, tm, start)
     return tm
 

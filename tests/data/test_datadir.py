@@ -192,3 +192,32 @@ def test_read_feature_conf(tmp_path: Path, vosk_model_dir: Path) -> None:
     conf.write_text("--sample-frequency=8000 # telephone\n--allow_downsample=true\n", encoding="utf-8")
     assert fields(read_feature_conf(conf)) == (8000, False, True)
     assert read_feature_conf(tmp_path / "absent.conf") == FeatureConf()
+
+
+def test_wav_scp_commands_are_refused_when_pipes_are_not_allowed(tone_data_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tone_data_dir / "wav.scp").write_text(f"u1 touch {marker}; cat wav/u1.wav |\nu2 wav/u2.wav\n", encoding="utf-8")
+    with pytest.raises(EvaluationError, match=r"wav\.scp \(u1\): expected a WAV file, found the shell command "
+                                              r"'touch .* \|', which eval\.allow_pipes=false refuses to run"):
+        prepare_audio(read_data_dir(tone_data_dir), MODEL_16K, tmp_path / "stage", allow_pipes=False)
+    assert not marker.exists()
+    (tone_data_dir / "wav.scp").write_text("u1 wav/u1.wav\nu2 wav/u2.wav\n", encoding="utf-8")
+    audio = prepare_audio(read_data_dir(tone_data_dir), MODEL_16K, tmp_path / "stage2", allow_pipes=False)
+    assert len(audio.items) == 2
+
+
+def test_the_evaluators_take_allow_pipes(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from kprune.errors import ConfigError
+    from kprune.evaluate.base import bool_setting
+    from kprune.evaluate.torch_backend import TorchEvaluator
+    from kprune.evaluate.vosk_backend import VoskEvaluator
+
+    repo = Path(__file__).resolve().parents[2]
+    for name, cls in (("vosk", VoskEvaluator), ("torch", TorchEvaluator)):
+        cfg = OmegaConf.load(repo / "conf" / "eval" / f"{name}.yaml")
+        assert cfg.allow_pipes is True and "allow_pipes" in cls.SETTINGS
+    assert bool_setting({"allow_pipes": False}, "allow_pipes", True) is False
+    with pytest.raises(ConfigError, match="eval.allow_pipes: expected true or false, found 'no'"):
+        bool_setting({"allow_pipes": "no"}, "allow_pipes", True)

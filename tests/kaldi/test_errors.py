@@ -194,3 +194,68 @@ def test_corrupt_text_models(old, new, message):
     text = build_all_types(binary=False)
     assert old in text
     assert message in str(check_error(text.replace(old, new, 1)))
+
+
+# -- only regular files, checked before they are read (issue 9) ----------------
+
+def test_a_fifo_is_refused_at_once(tmp_path):
+    import os
+    import time
+
+    fifo = tmp_path / "final.mdl"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    with pytest.raises(KaldiFormatError, match=r"final\.mdl: expected a regular Kaldi model file, found a FIFO"):
+        load_nnet_file(fifo)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_device_or_a_directory_is_refused(tmp_path):
+    with pytest.raises(KaldiFormatError, match=r"/dev/zero: expected a regular Kaldi model file, found a character"):
+        load_nnet_file("/dev/zero")
+    with pytest.raises(KaldiFormatError, match="found a directory"):
+        load_nnet_file(tmp_path)
+
+
+@pytest.mark.parametrize("gigabytes", [1, 8])
+def test_a_huge_file_of_zeros_is_refused_before_it_is_read(tmp_path, gigabytes):
+    import time
+    import tracemalloc
+
+    path = tmp_path / "final.mdl"
+    with open(path, "wb") as f:
+        f.truncate(gigabytes << 30)  # sparse: no disk used
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(KaldiFormatError, match=r"final\.mdl, byte 0: expected the binary header"):
+        load_nnet_file(path)
+    assert time.perf_counter() - start < 0.5
+    assert tracemalloc.get_traced_memory()[1] < 10 << 20
+    tracemalloc.stop()
+
+
+def test_a_file_with_the_wrong_start_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "final.mdl"
+    path.write_bytes(b"\x00B<Nnet2> " + bytes(1000))
+    with pytest.raises(KaldiFormatError, match=r"byte 2: expected <TransitionModel> \(a \.mdl file\) or <Nnet3>"):
+        load_nnet_file(path)
+    path.write_bytes(b"hello world\n" * 100)
+    with pytest.raises(KaldiFormatError, match=r"line 1: expected <TransitionModel>"):
+        load_nnet_file(path)
+
+
+def test_a_deeply_nested_descriptor_is_a_clean_error():
+    text = build_all_types(binary=False)
+    old = b"input=output-xent.affine"
+    assert old in text
+    deep = b"input=" + b"Sum(" * 2000 + b"output-xent.affine" + b", output-xent.affine)" * 2000
+    e = check_error(text.replace(old, deep, 1))
+    assert "nested at most 64 deep, found 2000 levels" in str(e)
+
+
+def test_a_malformed_integer_is_a_clean_error():
+    text = build_all_types(binary=False)
+    assert b"<TimeOffsets> [ -1 0 ]" in text
+    for bad in (b"--1", b"1-", b"-", b"+-2", b"0x10"):
+        e = check_error(text.replace(b"<TimeOffsets> [ -1 0 ]", b"<TimeOffsets> [ " + bad + b" 0 ]", 1))
+        assert f"expected an int32 in an integer vector, found {bad.decode()!r}" in str(e)
