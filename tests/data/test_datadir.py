@@ -216,7 +216,7 @@ def test_the_evaluators_take_allow_pipes(tmp_path: Path) -> None:
 
     repo = Path(__file__).resolve().parents[2]
     for name, cls in (("vosk", VoskEvaluator), ("torch", TorchEvaluator)):
-        cfg = OmegaConf.load(repo / "conf" / "eval" / f"{name}.yaml")
+        cfg = OmegaConf.load(repo / "kprune" / "conf" / "eval" / f"{name}.yaml")
         assert cfg.allow_pipes is True and "allow_pipes" in cls.SETTINGS
     assert bool_setting({"allow_pipes": False}, "allow_pipes", True) is False
     with pytest.raises(ConfigError, match="eval.allow_pipes: expected true or false, found 'no'"):
