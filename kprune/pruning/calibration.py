@@ -262,7 +262,6 @@ class CalibratedPruning:
         self.timings["statistics_seconds"] += time.perf_counter() - start
 
     def _reload(self, name: str) -> None:
-        component = self.model.file.nnet.component(name)
-        for graph in {id(g): g for g in (self.am.graph, self.am.graph_for(True) if self.am.ivector_dim else
-                                           self.am.graph)}.values():
-            graph.reload_component(component)
+        """Rebuilds the running network's op for ``name`` from the model's new values."""
+        per_frame = bool(self.am.ivector_dim)  # the calibration segments read an i-vector at every frame
+        self.am.graph_for(per_frame).reload_component(self.model.file.nnet.component(name))
