@@ -40,7 +40,7 @@ def _model_layers(model: str | None = None) -> str:
 
 
 # Overrides that do not name a sweep point: where and how it runs, what evaluates it.
-_NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment", "calib"}
+_NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment"}
 
 
 def point_dir_name(overrides: Sequence[str]) -> str:
