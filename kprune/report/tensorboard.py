@@ -344,3 +344,21 @@ def _failed_session_end() -> Any:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def log_sensitivity(run_dir: Path, table: Mapping[str, Mapping[float, Mapping[str, Any]]],
+                    signals: Sequence[str] = ("kl", "argmax_agreement", "snr_db", "cer")) -> None:
+    """A sensitivity analysis: ``<signal>/<layer>`` against the level in % (the step), one curve per layer."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir))
+    try:
+        with _one_cpu_thread():
+            for layer, levels in table.items():
+                for level, metrics in sorted(levels.items()):
+                    for key in signals:
+                        if _is_number(metrics.get(key)):
+                            writer.add_scalar(f"{key}/{_layer_tag(layer)}", float(metrics[key]),
+                                              int(round(100 * level)))
+    finally:
+        writer.close()
