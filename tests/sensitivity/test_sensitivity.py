@@ -171,3 +171,21 @@ def test_csv_round_trip(tmp_path):
     write_csv(table, tmp_path / "s.csv")
     assert read_csv(tmp_path / "s.csv")["a"][0.1]["kl"] == 0.5
     assert "cer" not in read_csv(tmp_path / "s.csv")["a"][0.1]
+
+
+def test_summary_draws_the_allocation_in_per_layer_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from kprune.report.summary import RunResult, allocations, plot_per_layer
+
+    runs = []
+    for target in (0.4, 0.5):
+        run_dir = tmp_path / f"t{target}"
+        run_dir.mkdir()
+        (run_dir / "allocation.json").write_text(json.dumps(
+            {"target": target, "fractions": {"a": target / 2, "b": target * 1.5}}))
+        runs.append(RunResult(run_dir, "g", "pct", target, "all", "ok"))
+    runs.append(RunResult(tmp_path / "none", "g", "pct", 0.3, "all", "ok"))  # uniform: no allocation.json
+    assert allocations(runs) == {("g", "pct"): {0.4: {"a": 0.2, "b": pytest.approx(0.6)},
+                                                0.5: {"a": 0.25, "b": 0.75}}}
+    figure = plot_per_layer(runs)
+    assert figure is not None and "per-layer fractions" in figure.axes[0].get_title()
