@@ -189,3 +189,17 @@ def test_summary_draws_the_allocation_in_per_layer_png(tmp_path):
                                                 0.5: {"a": 0.25, "b": 0.75}}}
     figure = plot_per_layer(runs)
     assert figure is not None and "per-layer fractions" in figure.axes[0].get_title()
+
+
+@pytest.mark.parametrize("method", ["pct", "global_pct", "magnitude", "wanda"])
+def test_prune_model_takes_a_threshold_per_layer(tdnn_path, method):
+    model = load_model(tdnn_path)
+    names = model.default_layers
+    own = {names[0]: 0.8, names[1]: 0.1}
+    result = prune_model(model, names, MethodConfig.from_config(method), 0.5, features=features(8),
+                         layer_thresholds=own)
+    for name in own:
+        assert float(result.masks[name].float().mean()) == pytest.approx(own[name], abs=0.03), name
+    rest = [n for n in names if n not in own]  # global_pct ranks these together, the others each layer
+    pruned = sum(int(result.masks[n].sum()) for n in rest) / sum(result.masks[n].numel() for n in rest)
+    assert pruned == pytest.approx(0.5, abs=0.03)
