@@ -93,7 +93,7 @@ def point_settings(cfg: DictConfig, cwd: Path) -> PointSettings:
     return PointSettings(
         model=resolve_model_path(cfg.model, cwd), method=str(method.pop("name", "abs")), threshold=cfg.threshold,
         method_options=method, repair=_plain(cfg.get("repair")), repair_options=_plain(cfg.get("repair_options")),
-        calib=_plain(cfg.get("calib")),
+        calib=_plain(cfg.get("calib")), allocation=_plain(cfg.get("allocation")),
         layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
         exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
         device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),

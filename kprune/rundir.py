@@ -30,6 +30,7 @@ SPARSITY = "sparsity.json"
 ERROR = "error.json"
 POINT = "point.json"
 MASKS = "masks.pt"
+ALLOCATION = "allocation.json"
 EVENTS = "events.out.tfevents.*"
 LOCK = ".kprune.lock"
 #: What the evaluators write into a point's directory (kprune.evaluate).
@@ -91,7 +92,7 @@ def point_outputs(run_dir: Path, model_names: Iterable[str] = ()) -> list[Path]:
     Anything else in the directory (Hydra's ``.hydra/`` and log, the user's
     files) is not kprune's to move.
     """
-    names = {METRICS, SPARSITY, ERROR, POINT, MASKS, *EVAL_FILES, *model_names}
+    names = {METRICS, SPARSITY, ERROR, POINT, MASKS, ALLOCATION, *EVAL_FILES, *model_names}
     found = [run_dir / n for n in sorted(names) if _is_regular(run_dir / n)]
     found += sorted(p for p in run_dir.glob(EVENTS) if _is_regular(p))
     try:
@@ -104,7 +105,7 @@ def point_outputs(run_dir: Path, model_names: Iterable[str] = ()) -> list[Path]:
 
 def remove_stale_temporaries(run_dir: Path, model_name: str) -> list[Path]:
     """Removes the temporary files an interrupted write of this point left (the caller holds its lock)."""
-    names = {METRICS, SPARSITY, ERROR, POINT, MASKS, *EVAL_FILES, model_name}
+    names = {METRICS, SPARSITY, ERROR, POINT, MASKS, ALLOCATION, *EVAL_FILES, model_name}
     stale = [p for n in names for p in run_dir.glob(f".{_glob_escape(n)}.*.tmp")]
     stale += list(run_dir.glob(".*.events.partial"))
     for p in stale:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from kprune.errors import ConfigError
-from kprune.rundir import (ERROR, EVENTS, MASKS, METRICS, POINT, SPARSITY, PointLock, archive_previous,
+from kprune.rundir import (ALLOCATION, ERROR, EVENTS, MASKS, METRICS, POINT, SPARSITY, PointLock, archive_previous,
                            check_run_dir, ensure_writable_dir, remove_stale_temporaries)
 from kprune.fileio import write_atomically, write_json_atomically as write_json
 from kprune.pruning.calibration import needs_calibration, prune_model
@@ -152,6 +152,8 @@ class PointSettings:
     repair_options: Mapping[str, Any] | None = None
     #: ``calib.*``: where the calibration audio comes from (used by calibrated rules and repairs).
     calib: Mapping[str, Any] | None = None
+    #: ``allocation=``: uniform (the threshold per layer) or sensitivity (the threshold as the network's sparsity).
+    allocation: Any = None
 
     @property
     def evaluates(self) -> bool:
@@ -163,9 +165,15 @@ class PointSettings:
     def repair_config(self) -> RepairConfig:
         return RepairConfig.from_config(self.repair, self.repair_options)
 
+    def allocation_config(self):
+        from kprune.sensitivity.allocation import AllocationConfig
+
+        return AllocationConfig.from_config(self.allocation)
+
     def calibration(self):
         """The calibration data settings, or None when this point needs none."""
-        if not needs_calibration(self.method_config(), self.repair_config()):
+        if not needs_calibration(self.method_config(), self.repair_config()) \
+                and self.allocation_config().name == "uniform":
             return None
         from kprune.data.features import CalibrationData
 
@@ -183,12 +191,15 @@ class PointSettings:
         if calib is not None:
             out["method_options"]["sequential"] = method.sequential
             out["calib"] = calib.describe()
+        allocation = self.allocation_config()
+        if allocation.name != "uniform":  # absent for uniform: earlier points stay complete
+            out["allocation"] = allocation.describe()
         return out
 
 
 def prune(loaded: LoadedModel, method: str | MethodConfig, threshold: float, layers: Any = "all", exclude: Any = (),
           device: torch.device | str = "cpu", *, repair: RepairConfig | None = None,
-          features: Any = None) -> tuple[PruneResult, SparsityStats]:
+          features: Any = None, layer_thresholds: Mapping[str, float] | None = None) -> tuple[PruneResult, SparsityStats]:
     """Prunes the selected layers of ``loaded.model`` in place; returns what changed and the statistics.
 
     ``method`` is a rule name or a :class:`MethodConfig`; calibrated rules and
@@ -203,7 +214,7 @@ def prune(loaded: LoadedModel, method: str | MethodConfig, threshold: float, lay
     chosen = set(selected)
     network = [n for n in model.layers if model.layers[n].prunable_by_default or n in chosen]
     result = prune_model(model, selected, config, threshold, repair, features, device=torch.device(device),
-                         model_path=model.path, dense=loaded.snapshot)
+                         model_path=model.path, dense=loaded.snapshot, layer_thresholds=layer_thresholds)
     stats = sparsity_stats({n: loaded.snapshot.weights[n] for n in network}, result.masks,
                            types={n: model.layers[n].type for n in network},
                            baseline={n: loaded.baseline[n] for n in network})
@@ -261,8 +272,10 @@ def _run_locked(settings: PointSettings, run_dir: Path, evaluator: Callable[[], 
         metrics["recipe"] = recipe_label(method_config, repair)
         calib = settings.calibration()
         features = (lambda: _calibration_features(calib, loaded, device)) if calib is not None else None
+        allocation = _allocate(settings, loaded, method_config, threshold, calib, device, run_dir)
         result, stats = prune(loaded, method_config, threshold, settings.layers, settings.exclude, device,
-                              repair=repair, features=features)
+                              repair=repair, features=features,
+                              layer_thresholds=allocation.fractions if allocation is not None else None)
         masks = result.masks
         sparsity_doc = stats.to_dict(method=method.name, threshold=threshold, layers=metrics["layers"])
         sparsity_doc["device"] = str(device)
@@ -308,6 +321,23 @@ def _run_locked(settings: PointSettings, run_dir: Path, evaluator: Callable[[], 
     finally:
         if loaded is not None:
             loaded.model.restore(loaded.snapshot)
+
+
+def _allocate(settings: PointSettings, loaded: LoadedModel, method: MethodConfig, threshold: float, calib,
+              device: torch.device, run_dir: Path):
+    """With ``allocation=sensitivity``: the per-layer fractions, written to ``allocation.json``; else None."""
+    config = settings.allocation_config()
+    if config.name == "uniform":
+        return None
+    from kprune.sensitivity.allocation import allocate_for_point
+
+    if method.pattern is not None or not get_method(method.name).fraction:
+        raise ConfigError(f"allocation={config.name}: needs a fraction rule without an N:M pattern "
+                          "(pct, global_pct, magnitude, wanda, sparsegpt)")
+    selected = loaded.model.select(settings.layers, settings.exclude)
+    allocation = allocate_for_point(loaded, method, calib, selected, threshold, config, device)
+    write_json(run_dir / ALLOCATION, {"allocation": config.describe(), **allocation.to_dict()})
+    return allocation
 
 
 def _calibration_features(calib, loaded: LoadedModel, device: torch.device):

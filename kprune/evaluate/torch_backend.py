@@ -158,7 +158,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         self.feature_seconds = time.perf_counter() - start
         self._offline_ivectors: list[np.ndarray] | None = None
         self._decoder = None
-        self._dense_outputs: list[torch.Tensor] | None = None
+        self._comparison = None
         log.info("eval=torch (%s): %d utterances (%.1f s) from %s, model directory %s, device %s",
                  mode, len(self.utts), self.audio.seconds, self.data.path, self.model_dir, self.device)
 
@@ -272,10 +272,8 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         metrics.update(timing)
         metrics["rtf"] = timing["decode_seconds"] / timing["audio_seconds"]
         if self.signals:
-            from kprune.nnet.signals import output_signals
-
             start = time.perf_counter()
-            metrics.update(output_signals(self.dense_outputs(), self._raw_outputs(pruned)))
+            metrics.update(self.comparison().signals(pruned))
             metrics["signal_seconds"] = time.perf_counter() - start
         return metrics
 
@@ -347,19 +345,19 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
             raise EvaluationError(f"torch decode of {label} ran past eval.timeout={self.timeout:g} s "
                                   f"({done} of {len(self.feats)} utterances decoded)")
 
+    def comparison(self):
+        """The dense model's raw outputs on the offline inputs, and the comparison with them (built once)."""
+        if self._comparison is None:
+            from kprune.evaluate.outputs import OutputComparison
+
+            self._comparison = OutputComparison(self.feats, self._ivectors_offline(), self.ivector_period, self.dense,
+                                                device=self.device, batch_frames=self.batch_frames)
+        return self._comparison
+
     def _raw_outputs(self, model) -> list[torch.Tensor]:
         """Network outputs before priors and acoustic scale, on the offline inputs."""
-        from kprune.nnet.compute import AcousticModel
-
-        raw = AcousticModel(model.file, frame_subsampling_factor=model.frame_subsampling_factor, acoustic_scale=1.0,
-                            device=self.device, use_priors=False)
-        iv = self._ivectors_offline() if self.extractor is not None else None
-        return raw.compute(self.feats, iv, batch_frames=self.batch_frames,
-                           online_ivector_period=self.ivector_period if iv is not None else None)
+        return self.comparison().raw_outputs(model)
 
     def dense_outputs(self) -> list[torch.Tensor]:
         """The unpruned model's raw outputs (computed once)."""
-        if self._dense_outputs is None:
-            self._dense_outputs = self._raw_outputs(self.dense)
-        return self._dense_outputs
-
+        return self.comparison().dense_outputs()

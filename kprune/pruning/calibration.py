@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,12 @@ def needs_calibration(method: MethodConfig, repair: RepairConfig) -> bool:
 def prune_model(model: Model, selected: Sequence[str], method: MethodConfig, threshold: float,
                 repair: RepairConfig | None = None, features: FeatureSet | Callable[[], FeatureSet] | None = None, *,
                 device: torch.device | str = "cpu", model_path=None,
-                dense: ModelState | None = None) -> PruneResult:
+                dense: ModelState | None = None, layer_thresholds: Mapping[str, float] | None = None) -> PruneResult:
     """Prunes the ``selected`` layers of ``model`` in place; returns everything that changed.
+
+    ``layer_thresholds`` gives some layers their own threshold (a fraction per
+    layer, from ``allocation=sensitivity``); each such layer is then pruned
+    by the rule on its own (``global_pct`` ranks that layer's weights alone).
 
     ``features`` (or a function that returns them) is the calibration data,
     needed by calibrated rules and repairs.  ``dense`` is the unpruned state
@@ -68,7 +72,7 @@ def prune_model(model: Model, selected: Sequence[str], method: MethodConfig, thr
     selected = list(selected)
     device = torch.device(device)
     if not needs_calibration(method, repair):
-        result = PruneResult(masks=_weight_rule_masks(model, selected, method, threshold, device))
+        result = PruneResult(masks=_weight_rule_masks(model, selected, method, threshold, device, layer_thresholds))
         result.apply(model)
         return result
     if callable(features):
@@ -77,27 +81,35 @@ def prune_model(model: Model, selected: Sequence[str], method: MethodConfig, thr
         raise ConfigError(f"method {method.name!r} with repair={list(repair.steps)} needs calibration data "
                           "(calib.data or calib.feats)")
     return CalibratedPruning(model, selected, method, threshold, repair, features, device, model_path,
-                             dense or model.snapshot()).run()
+                             dense or model.snapshot(), layer_thresholds).run()
 
 
 def _weight_rule_masks(model: Model, selected: list[str], method: MethodConfig, threshold: float,
-                       device: torch.device) -> dict[str, torch.Tensor]:
-    weights = [model.layers[n].weight.to(device) for n in selected]
+                       device: torch.device, layer_thresholds: Mapping[str, float] | None = None
+                       ) -> dict[str, torch.Tensor]:
+    own = [n for n in selected if layer_thresholds and n in layer_thresholds]
+    rest = [n for n in selected if n not in own]
+    weights = [model.layers[n].weight.to(device) for n in rest]
     if method.pattern is not None:  # magnitude N:M: the N smallest |w| of every M inputs of a row
         masks = [nm_mask(w.detach().abs(), method.pattern.n, method.pattern.m) for w in weights]
     else:
-        masks = compute_masks(method.name, weights, threshold)
-    return {n: m.cpu() for n, m in zip(selected, masks)}
+        masks = compute_masks(method.name, weights, threshold) if rest else []
+    out = {n: m.cpu() for n, m in zip(rest, masks)}
+    for n in own:
+        out[n] = compute_masks(method.name, [model.layers[n].weight.to(device)], layer_thresholds[n])[0].cpu()
+    return {n: out[n] for n in selected}
 
 
 class CalibratedPruning:
     """One calibrated pruning of a model (see the module docstring)."""
 
     def __init__(self, model: Model, selected: list[str], method: MethodConfig, threshold: float,
-                 repair: RepairConfig, features: FeatureSet, device: torch.device, model_path, dense: ModelState):
+                 repair: RepairConfig, features: FeatureSet, device: torch.device, model_path, dense: ModelState,
+                 layer_thresholds: Mapping[str, float] | None = None):
         from kprune.nnet.compute import AcousticModel, decoding_options
 
         self.model, self.method, self.threshold, self.repair = model, method, threshold, repair
+        self.layer_thresholds = dict(layer_thresholds or {})
         self.selected = list(selected)
         self.features, self.device, self.dense = features, device, dense
         self.rule = get_method(method.name)
@@ -127,7 +139,8 @@ class CalibratedPruning:
         self._full_stats = method.name == "sparsegpt" or "refit" in repair.steps
         self.masks_before: dict[str, torch.Tensor] = {}
         if not self.rule.calibrated:
-            self.masks_before = _weight_rule_masks(model, self.selected, method, threshold, device)
+            self.masks_before = _weight_rule_masks(model, self.selected, method, threshold, device,
+                                                   self.layer_thresholds)
 
     # ------------------------------------------------------------------ passes
 
@@ -209,7 +222,8 @@ class CalibratedPruning:
         weight = layer.weight.to(self.device)
         use_target = self.target == "network" and stats.cross is not None
         if self.rule.calibrated:
-            decided: LayerPruning = self.rule.rule(weight, stats, self.threshold, self.method,
+            decided: LayerPruning = self.rule.rule(weight, stats, self.layer_thresholds.get(name, self.threshold),
+                                                   self.method,
                                                    bias=dense_b, target=use_target)
         else:
             decided = LayerPruning(self.masks_before[name].to(self.device))

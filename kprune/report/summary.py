@@ -549,9 +549,12 @@ def plot_error_vs_sparsity(runs: Sequence[RunResult]) -> Any | None:
 
 def plot_per_layer(runs: Sequence[RunResult]) -> Any | None:
     """For each per-layer sweep: the error rate per layer (when evaluated), then the
-    layer's own sparse rate and the removed energy, as bars."""
+    layer's own sparse rate and the removed energy, as bars.  For the points with
+    ``allocation.json`` (``allocation=sensitivity``): the fraction chosen for each
+    layer, one line per target, one panel per group and method."""
     sweeps = layer_sweeps(runs)
-    if not sweeps:
+    allocated = allocations(runs)
+    if not sweeps and not allocated:
         return None
     panels = []
     for s in sweeps:
@@ -559,9 +562,19 @@ def plot_per_layer(runs: Sequence[RunResult]) -> Any | None:
         if measure is not None:
             panels.append((s, measure))
         panels.append((s, None))
-    widest = max(len(s.runs) for s in sweeps)
-    figure = _figure(max(7.0, 0.32 * widest + 2), 3.4 * len(panels))
-    axes = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
+    widest = max([len(s.runs) for s in sweeps] + [len(next(iter(a.values()))) for a in allocated.values()])
+    figure = _figure(max(7.0, 0.32 * widest + 2), 3.4 * (len(panels) + len(allocated)))
+    axes = figure.subplots(len(panels) + len(allocated), 1, squeeze=False)[:, 0]
+    for ax, ((group, method), points) in zip(axes[len(panels):], allocated.items()):
+        names = list(next(iter(points.values())))
+        for target, fractions in sorted(points.items()):
+            ax.plot(range(len(names)), [100 * fractions.get(n, float("nan")) for n in names], marker="o",
+                    label=f"network {100 * target:g} %")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize="small")
+        ax.set_ylabel("layer's fraction pruned (%)")
+        ax.set_title(f"{group}: {method}, allocation=sensitivity: per-layer fractions (allocation.json)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
     for ax, (s, measure) in zip(axes, panels):
         names = [r.layers for r in s.runs]
         positions = range(len(names))
@@ -593,6 +606,18 @@ def plot_per_layer(runs: Sequence[RunResult]) -> Any | None:
         ax.set_xticks(list(positions), names, rotation=90, fontsize="small")
         ax.grid(True, axis="y", alpha=0.3)
     return figure
+
+
+def allocations(runs: Sequence[RunResult]) -> dict[tuple[str, str], dict[float, dict[str, float]]]:
+    """``{(group, method): {target: {layer: fraction}}}`` from the runs' ``allocation.json``."""
+    out: dict[tuple[str, str], dict[float, dict[str, float]]] = {}
+    for run in runs:
+        try:
+            doc = json.loads((run.run_dir / "allocation.json").read_text(encoding="utf-8"))
+            out.setdefault((run.group, run.method), {})[float(doc["target"])] = dict(doc["fractions"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 # --------------------------------------------------------------------------- writing

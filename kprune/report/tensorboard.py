@@ -431,3 +431,21 @@ def _decode_png(png: bytes) -> Any:
 
     pixels = imread(io.BytesIO(png), format="png")  # float32 in [0, 1]
     return (np.asarray(pixels)[..., :3] * 255).round().astype(np.uint8)
+
+
+def log_sensitivity(run_dir: Path, table: Mapping[str, Mapping[float, Mapping[str, Any]]],
+                    signals: Sequence[str] = ("kl", "argmax_agreement", "snr_db", "cer")) -> None:
+    """A sensitivity analysis: ``<signal>/<layer>`` against the level in % (the step), one curve per layer."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir))
+    try:
+        with _one_cpu_thread():
+            for layer, levels in table.items():
+                for level, metrics in sorted(levels.items()):
+                    for key in signals:
+                        if _is_number(metrics.get(key)):
+                            writer.add_scalar(f"{key}/{_layer_tag(layer)}", float(metrics[key]),
+                                              int(round(100 * level)))
+    finally:
+        writer.close()

@@ -1,0 +1,37 @@
+"""``python -m kprune.sensitivity [overrides]``: prune each layer alone at each level, measure, write the table.
+
+Settings: ``conf/sensitivity.yaml`` (the ``method``, ``calib`` and ``eval``
+groups are the pruning app's).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from kprune.app import CONF_DIR, _evaluator, _plain
+from kprune.errors import KpruneError
+from kprune.runner import resolve_model_path
+from kprune.sensitivity.run import SensitivitySettings, run_sensitivity
+
+
+@hydra.main(config_path=CONF_DIR, config_name="sensitivity", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        model = resolve_model_path(cfg.model, Path(hydra.utils.get_original_cwd()))
+        method = _plain(cfg.method) if OmegaConf.is_config(cfg.method) else {"name": str(cfg.method)}
+        settings = SensitivitySettings(model=model, method=method, calib=_plain(cfg.calib), levels=_plain(cfg.levels),
+                                       layers=_plain(cfg.layers), exclude=_plain(cfg.exclude),
+                                       max_seconds=cfg.max_seconds, device=str(cfg.device), signal=str(cfg.signal))
+        run_sensitivity(settings, Path(HydraConfig.get().runtime.output_dir), evaluator=_evaluator(cfg, model))
+    except KpruneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
