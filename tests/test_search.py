@@ -162,3 +162,24 @@ def test_a_search_whose_first_points_fail_stops_with_their_error(synthetic):
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: the first points of the search failed: ") and "error.json" in line
     assert len(list((cwd / "failing").glob("*/error.json"))) == 1  # stopped after the first point
+
+
+@pytest.mark.slow
+def test_the_sweeper_runs_rounds_of_parallel_points_under_joblib(synthetic, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[cluster]'")
+    import os
+
+    cwd, expected, _ = synthetic
+    # joblib's workers are fresh interpreters: a sitecustomize registers the test backend in each.
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport frame_error\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    args = [a if a != "hydra.sweep.dir=sweep" else "hydra.sweep.dir=parallel" for a in SEARCH]
+    proc = subprocess.run([sys.executable, "-m", "kprune", *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                           "hydra.sweeper.points_per_round=2"], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((cwd / "parallel" / "search.json").read_text())
+    assert report["threshold"] == expected and report["reused"] == 0
+    rounds = (proc.stdout + proc.stderr).count("search: bracket")
+    assert rounds < report["evaluations"] <= 2 * rounds and rounds <= 5  # 3x narrower per round: log3(100) < 5
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
