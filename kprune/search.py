@@ -81,6 +81,7 @@ class SearchPoint:
     source: str  # "reused" (found complete in the sweep) | "evaluated" (by this search) | "failed"
     run_dir: str | None = None
     note: str | None = None
+    error: str | None = None  # why a failed point failed
 
 
 def point_from_metrics(threshold: float, metrics: Mapping[str, Any] | None, budget: Budget, source: str,
@@ -89,7 +90,7 @@ def point_from_metrics(threshold: float, metrics: Mapping[str, Any] | None, budg
     if not metrics or metrics.get("status") != "ok":
         error = (metrics or {}).get("error", "no metrics.json")
         return SearchPoint(threshold, None, None, (metrics or {}).get("sparsity"), False, "failed", run_dir,
-                           f"failed ({error}); counted as over the budget")
+                           f"failed ({error}); counted as over the budget", error)
     value = metrics.get(budget.metric)
     baseline = (metrics.get("baseline") or {}).get(budget.metric)
     if value is None or baseline is None:
@@ -209,10 +210,10 @@ def search_threshold(evaluate: Callable[[list[float]], list[SearchPoint]], budge
             points[p.threshold] = p
             evaluations += 1
     lo, hi, hi_known = _bracket(points, lower, upper)
-    stray = sorted(t for t, p in points.items() if p.within and t > hi)
+    stray = sorted(t for t, p in points.items() if not p.within and t < lo)
     if stray:
-        notes.append(f"not monotone: {', '.join(f'{t:g}' for t in stray)} within the budget above {hi:g}, "
-                     f"which is not; the answer is the boundary below the first point over the budget")
+        notes.append(f"not monotone: {', '.join(f'{t:g}' for t in stray)} over the budget below {lo:g}, "
+                     f"which is within; the answer is the largest threshold within the budget")
     notes += [f"{p.threshold:g}: {p.note}" for p in points.values() if p.note]
     answer = points.get(lo)
     return SearchResult(budget, float(lower), float(upper), float(resolution), answer, (lo, hi),
@@ -220,11 +221,16 @@ def search_threshold(evaluate: Callable[[list[float]], list[SearchPoint]], budge
 
 
 def _bracket(points: Mapping[float, SearchPoint], lower: float, upper: float) -> tuple[float, float, bool]:
-    """(largest within-budget threshold below hi, smallest over-budget threshold, whether hi was evaluated)."""
-    over = [t for t, p in points.items() if not p.within]
-    hi = min(over) if over else upper
-    within = [t for t, p in points.items() if p.within and (t < hi or not over)]
+    """(largest within-budget threshold, smallest over-budget threshold above it, whether hi was evaluated).
+
+    When the error does not rise monotonically (a small test set, where one
+    character moves the CER by a few tenths), the bracket is the last crossing:
+    the answer is the largest threshold within the budget that was seen.
+    """
+    within = [t for t, p in points.items() if p.within]
     lo = max(within) if within else lower
+    over = [t for t, p in points.items() if not p.within and t > lo]
+    hi = min(over) if over else upper
     return lo, hi, bool(over) or (upper in points)
 
 

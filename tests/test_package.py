@@ -38,17 +38,20 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpr
 
 @pytest.mark.slow
 def test_wheel_runs_from_an_unrelated_directory_with_a_user_preset(tmp_path):
+    # Nothing of the checkout on the path: pip would take its kprune.egg-info for an installed kprune.
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     wheels = tmp_path / "wheels"
     build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                  str(REPO)], cwd=tmp_path)
+                  str(REPO)], cwd=tmp_path, env=clean)
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("kprune-*.whl")
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    install = _run([str(python), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp_path)
+    install = _run([str(python), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp_path, env=clean)
     assert install.returncode == 0, install.stderr
+    assert (env_dir / "bin" / "kprune").is_file(), install.stdout
 
     # A user's presets live outside the package: a model of their own and a group name.
     work = tmp_path / "elsewhere"
@@ -59,7 +62,6 @@ def test_wheel_runs_from_an_unrelated_directory_with_a_user_preset(tmp_path):
     model.write_bytes(build_tdnn(hidden_dim=24, num_pdfs=16))
     (presets / "mine.yaml").write_text(f"# @package _global_\nmodel: {model}\ngroup: mine\nlayers: affine*\n")
 
-    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = _run([str(env_dir / "bin" / "kprune"), "--config-dir", "my_presets", "method=pct", "threshold=0.15",
                  "+experiment=mine", "hydra.run.dir=run"], cwd=work, env=clean)
     assert proc.returncode == 0, proc.stderr

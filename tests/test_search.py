@@ -58,12 +58,13 @@ def test_known_points_narrow_the_bracket_first():
     assert result.to_dict()["reused"] == 2
 
 
-def test_a_point_within_the_budget_above_one_over_it_is_reported():
+def test_without_monotony_the_largest_threshold_within_the_budget_wins():
+    # Noise: 0.3 measured over the budget, 0.6 within; the true boundary of the rest is 0.62.
     known = [SearchPoint(0.3, 99.0, 10.0, 30.0, False, "reused"), SearchPoint(0.6, 10.0, 10.0, 60.0, True, "reused")]
-    evaluate, _ = rising(0.2)
+    evaluate, asked = rising(0.62)
     result = search_threshold(evaluate, Budget(), resolution=0.01, known=known)
-    assert result.threshold == 0.2
-    assert any("not monotone: 0.6" in note for note in result.notes)
+    assert result.threshold == 0.62 and all(t > 0.6 for t in asked)
+    assert any("not monotone: 0.3 over the budget below 0.62" in note for note in result.notes)
 
 
 def test_budgets():
@@ -150,3 +151,35 @@ def test_the_sweeper_refuses_a_swept_threshold(synthetic):
     proc = subprocess.run([sys.executable, "-c", code, *SEARCH, "threshold=0.1,0.2"], cwd=cwd, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode != 0 and "threshold" in proc.stderr and "chooses" in proc.stderr
+
+
+def test_a_search_whose_first_points_fail_stops_with_their_error(synthetic):
+    cwd = synthetic[0]
+    proc = subprocess.run([sys.executable, "-m", "kprune", "-m", "hydra/sweeper=kprune_search", "model=final.mdl",
+                           "method=global_pct", "eval=vosk", "hydra.sweep.dir=failing"], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: the first points of the search failed: ") and "error.json" in line
+    assert len(list((cwd / "failing").glob("*/error.json"))) == 1  # stopped after the first point
+
+
+@pytest.mark.slow
+def test_the_sweeper_runs_rounds_of_parallel_points_under_joblib(synthetic, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[cluster]'")
+    import os
+
+    cwd, expected, _ = synthetic
+    # joblib's workers are fresh interpreters: a sitecustomize registers the test backend in each.
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport frame_error\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    args = [a if a != "hydra.sweep.dir=sweep" else "hydra.sweep.dir=parallel" for a in SEARCH]
+    proc = subprocess.run([sys.executable, "-m", "kprune", *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                           "hydra.sweeper.points_per_round=2"], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((cwd / "parallel" / "search.json").read_text())
+    assert report["threshold"] == expected and report["reused"] == 0
+    rounds = (proc.stdout + proc.stderr).count("search: bracket")
+    assert rounds < report["evaluations"] <= 2 * rounds and rounds <= 5  # 3x narrower per round: log3(100) < 5
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr

@@ -15,6 +15,7 @@ already there and evaluates only what is missing.
 # dataclasses cannot resolve string annotations.
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
@@ -55,9 +56,8 @@ class KpruneSearchSweeper(Sweeper):
     def __init__(self, metric: str = "cer", max_rel_increase: Optional[float] = 0.05,
                  max_abs_increase: Optional[float] = None, lower: float = 0.0, upper: Optional[float] = None,
                  resolution: float = 0.01, points_per_round: int = 1) -> None:
-        from kprune.search import Budget
-
-        self.budget = Budget(metric, max_rel_increase, max_abs_increase)
+        self.budget_settings = (metric, max_rel_increase, max_abs_increase)  # checked in sweep(): one line
+        self.budget = None
         self.lower, self.upper, self.resolution = lower, upper, resolution
         self.points_per_round = points_per_round
         self.config: Optional[DictConfig] = None
@@ -74,9 +74,19 @@ class KpruneSearchSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from kprune.errors import ConfigError
+        from kprune.errors import KpruneError
+
+        try:
+            return self._search(arguments)
+        except (KpruneError, ValueError) as e:  # a user's mistake: one line, as kprune's own errors
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def _search(self, arguments: List[str]) -> Any:
         from kprune.fileio import write_json_atomically
-        from kprune.search import SEARCH, reusable_points, search_threshold
+        from kprune.search import SEARCH, Budget, reusable_points, search_threshold
+
+        self.budget = Budget(*self.budget_settings)
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         fixed = self._fixed_overrides(arguments)
@@ -92,18 +102,23 @@ class KpruneSearchSweeper(Sweeper):
         if known:
             log.info("search: %d complete points of these settings found in %s", len(known), sweep_dir)
 
+        succeeded = bool(known)
+
         def evaluate(thresholds: list[float]):
+            nonlocal succeeded
             batch = [[*fixed, f"threshold={t!r}"] for t in thresholds]
             returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += len(batch)
-            return [self._point(t, r) for t, r in zip(thresholds, returns)]
+            points = [self._point(t, r) for t, r in zip(thresholds, returns)]
+            if not succeeded and all(p.source == "failed" for p in points):
+                # Nothing has worked yet: a setting is wrong, not the model too pruned. Stop, do not bisect to 0.
+                raise ValueError(f"the first points of the search failed: {points[0].error} "
+                                 f"({points[0].run_dir}/error.json)")
+            succeeded = True
+            return points
 
-        try:
-            result = search_threshold(evaluate, self.budget, lower=self.lower, upper=upper,
-                                      resolution=self.resolution, points_per_round=self.points_per_round,
-                                      known=known)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None  # Hydra reports it as one line
+        result = search_threshold(evaluate, self.budget, lower=self.lower, upper=upper,
+                                  resolution=self.resolution, points_per_round=self.points_per_round, known=known)
         write_json_atomically(sweep_dir / SEARCH, result.to_dict())
         print(result.format(), flush=True)
         print(f"written to {sweep_dir / SEARCH}", flush=True)
@@ -126,15 +141,11 @@ class KpruneSearchSweeper(Sweeper):
 
     def _settings(self, fixed: list[str]):
         from kprune.app import point_settings
-        from kprune.errors import KpruneError
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [*fixed, "threshold=0"])
         if cfg.eval.get("name", "none") == "none":
             raise ValueError("the search needs an evaluation: eval=vosk, eval=torch or eval=kaldi")
-        try:
-            return point_settings(cfg, Path.cwd())  # the sweeper runs where kprune was started
-        except KpruneError as e:
-            raise ValueError(str(e)) from None
+        return point_settings(cfg, Path.cwd())  # the sweeper runs where kprune was started
 
     def _upper(self, settings) -> float:
         from kprune.pruning.rules import get_method

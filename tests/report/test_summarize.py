@@ -353,7 +353,7 @@ def test_per_layer_sweep_follows_the_model_order_of_sparsity_json(outputs):
 
 
 def test_the_apps_layout_sweeps_by_group_and_single_runs(tmp_path):
-    """outputs/sweeps/<group>/<override_dirname>/ and outputs/runs/<time>/, as conf/config.yaml sets."""
+    """outputs/sweeps/<group>/<override_dirname>/ and outputs/runs/<time>/, as kprune/conf/config.yaml sets."""
     outputs = tmp_path / "outputs"
     for group, method, thresholds in (("abs_sweep", "abs", (0.05, 0.1)), ("pct_sweep", "pct", (0.2665,))):
         sweep = outputs / "sweeps" / group

@@ -81,3 +81,19 @@ def test_hparams_lists_every_point_and_not_the_summary_run(sweep):
     expected = {r.run_dir.name: r.cer for r in collect_runs([sweep])}
     assert cer.keys() == expected.keys() and len(cer) == len(THRESHOLDS)
     assert all(cer[name] == pytest.approx(value) for name, value in expected.items())
+
+
+def test_a_sweep_summarizes_itself_with_the_callback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "final.mdl").write_bytes(build_tdnn(hidden_dim=24, num_pdfs=16))
+    proc = subprocess.run([sys.executable, "-m", "kprune", "-m", "hydra/callbacks=sweep_summary", "model=final.mdl",
+                           "method=pct", "threshold=0.1,0.3", "group=cb", "hydra.sweep.dir=cb",
+                           "tensorboard.histograms=false"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "cb"
+    assert (sweep / "summary.tsv").read_text().count("\n") == 1 + 2
+    acc = _accumulator(sweep / SWEEP_RUN_DIR / "cb")
+    assert [e.step for e in acc.Scalars("sweep/threshold")] == [10, 30]
+    assert "figures/sparsity_vs_threshold" in acc.Tags()["images"]
