@@ -264,6 +264,7 @@ def load_calibration_features(calib: CalibrationData, model_path: Path, *, input
     from kprune.data.datadir import prepare_audio, read_data_dir
     from kprune.evaluate.base import default_cache_dir
     from kprune.evaluate.staging import remove_staged
+    from kprune.locks import load_or_make
 
     model_dir = Path(model_dir) if model_dir else _model_dir(model_path)
     pipeline = FeaturePipeline(model_dir, ivector_dim=ivector_dim, ivector_period=ivector_period,
@@ -275,23 +276,33 @@ def load_calibration_features(calib: CalibrationData, model_path: Path, *, input
         key = {"audio": audio.digest, "features": pipeline.signature(), "input_dim": input_dim}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         cache = (calib.cache_dir or default_cache_dir()) / "calib" / f"{digest}.pt"
-        if cache.is_file():
+
+        def load(path: Path) -> FeatureSet | None:
+            if not path.is_file():
+                return None
             try:
-                features = FeatureSet.from_file(cache)
-                log.info("calibration features of %s read from %s", calib.data, cache)
-                return features.limited(calib.max_seconds)
-            except Exception as e:  # a damaged cache entry is recomputed
-                log.warning("%s: unreadable calibration cache (%s); computing again", cache, e)
-        start = time.perf_counter()
-        features = pipeline.feature_set(audio)
+                features = FeatureSet.from_file(path)
+            except Exception as e:  # a damaged cache entry is made again
+                log.warning("%s: unreadable calibration cache (%s); computing again", path, e)
+                return None
+            log.info("calibration features of %s read from %s", calib.data, path)
+            return features
+
+        def make(path: Path) -> FeatureSet:
+            from kprune.fileio import write_atomically
+
+            start = time.perf_counter()
+            features = pipeline.feature_set(audio)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, features.to_bytes())
+            log.info("calibration features of %s (%d utterances, %.0f s) computed in %.1f s, cached in %s",
+                     calib.data, len(features.utts), features.seconds, time.perf_counter() - start, path)
+            return features
+
+        # Under the entry's lock: points of a parallel sweep compute the features once.
+        features = load_or_make(cache, load, make)
     finally:
         remove_staged(work)
-    from kprune.fileio import write_atomically
-
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(cache, features.to_bytes())
-    log.info("calibration features of %s (%d utterances, %.0f s) computed in %.1f s, cached in %s",
-             calib.data, len(features.utts), features.seconds, time.perf_counter() - start, cache)
     return features.limited(calib.max_seconds)
 
 
