@@ -10,6 +10,7 @@ decoded error rates when ``eval`` decodes, and write ``sensitivity.csv``,
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -85,8 +86,12 @@ def run_sensitivity(settings: SensitivitySettings, run_dir: Path, evaluator=None
         log.info("%-24s %.2f  kl %.5f  agreement %6.2f %%  snr %6.2f dB%s", layer, level, m["kl"],
                  m["argmax_agreement"], m["snr_db"], f"  CER {m['cer']:.2f}" if "cer" in m else "")
 
-    table = measure_curves(loaded, method, CalibrationData.from_config(settings.calib), layers, levels,
-                           resolve_device(settings.device), settings.max_seconds, also, progress)
+    try:
+        table = measure_curves(loaded, method, CalibrationData.from_config(settings.calib), layers, levels,
+                               resolve_device(settings.device), settings.max_seconds, also, progress)
+    finally:
+        if evaluator is not None:
+            shutil.rmtree(work, ignore_errors=True)
     write_csv(table, run_dir / CSV)
     plot_heatmap(table, run_dir / PLOT, settings.signal)
     log_sensitivity(run_dir, table)
