@@ -41,15 +41,18 @@ def measure_curves(loaded, method, calib, layers, levels, device: torch.device, 
     from kprune.runner import _calibration_features
     from kprune.sensitivity import LayerSensitivity, sensitivity_analysis
 
+    from kprune.evaluate.outputs import single_cpu_thread
+
     features = _calibration_features(calib, loaded, device)
     if max_seconds is not None:
         features = features.limited(max_seconds)
     start = time.perf_counter()
-    analysis = LayerSensitivity(loaded.model, method, features, dense=loaded.snapshot, device=device,
-                                model_path=loaded.model.path, layers=layers)
     try:
-        table = sensitivity_analysis(layers, levels, lambda layer, level: analysis.measure(layer, level, also),
-                                     progress)
+        with single_cpu_thread(device):  # many small ops: a second thread costs more than it gives on 2 cores
+            analysis = LayerSensitivity(loaded.model, method, features, dense=loaded.snapshot, device=device,
+                                        model_path=loaded.model.path, layers=layers)
+            table = sensitivity_analysis(layers, levels,
+                                         lambda layer, level: analysis.measure(layer, level, also), progress)
     finally:
         loaded.model.restore(loaded.snapshot)
     log.info("%d layers x %d levels measured on %.0f s of %s in %.1f s", len(layers), len(levels),
