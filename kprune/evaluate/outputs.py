@@ -10,18 +10,40 @@ nothing else.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+
+
+@contextlib.contextmanager
+def single_cpu_thread(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Torch's CPU ops on one thread for a while (nothing changes on a GPU).
+
+    On this 2-core machine shared with other jobs, a signals point took 11 s
+    with torch's two threads and 1.3 s with one: each op waited for the
+    descheduled second thread (measured with ``tools/bench_signals.py``).
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class OutputComparison:
     """Raw outputs of networks on fixed inputs, against the dense network's (cached)."""
 
     def __init__(self, feats: Sequence[torch.Tensor], ivectors: Sequence[np.ndarray | None] | None,
-                 ivector_period: int, dense, *, device: torch.device, batch_frames: int | None = None):
+                 ivector_period: int, dense, *, device: torch.device, batch_frames: int | None = None,
+                 per_frame_ivectors: bool = False):
         self.feats, self.ivectors, self.ivector_period = list(feats), ivectors, ivector_period
+        self.per_frame_ivectors = per_frame_ivectors
         self.dense_model, self.device, self.batch_frames = dense, device, batch_frames
         self._dense: list[torch.Tensor] | None = None
 
@@ -32,6 +54,10 @@ class OutputComparison:
         raw = AcousticModel(model.file, frame_subsampling_factor=model.frame_subsampling_factor, acoustic_scale=1.0,
                             device=self.device, use_priors=False)
         iv = self.ivectors if raw.ivector_dim else None
+        if iv is not None and self.per_frame_ivectors:  # each frame reads the latest i-vector: whole utterances
+            iv = [v[np.minimum(np.arange(len(f)) // self.ivector_period, len(v) - 1)]
+                  for f, v in zip(self.feats, iv)]
+            return raw.compute(self.feats, iv, batch_frames=self.batch_frames)
         return raw.compute(self.feats, iv, batch_frames=self.batch_frames,
                            online_ivector_period=self.ivector_period if iv is not None else None)
 

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 class SignalsEvaluator(Evaluator):
     """Compares a pruned network's outputs with the dense network's on a data set (no decoding)."""
 
-    SETTINGS = {"data", "model_dir", "device", "ivector_period", "batch_frames", "cache_dir"}
+    SETTINGS = {"data", "model_dir", "device", "ivector_period", "batch_frames", "cache_dir", "per_frame_ivectors"}
 
     def __init__(self, model_path: Path, data_dir: Path, *, model_dir: Path | None = None, device: str = "auto",
-                 ivector_period: int = 10, batch_frames: int | None = None, cache_dir: Path | None = None):
+                 ivector_period: int = 10, batch_frames: int | None = None, cache_dir: Path | None = None,
+                 per_frame_ivectors: bool = False):
         super().__init__(cache_dir)
         from kprune.data import datadir
         from kprune.data.features import FeaturePipeline, _model_dir
@@ -62,8 +63,13 @@ class SignalsEvaluator(Evaluator):
             self._cleanup()
         self.audio_digest, self.seconds = audio.digest, audio.seconds
         self.comparison = OutputComparison(features.feats, features.ivectors, ivector_period, dense,
-                                           device=self.device, batch_frames=batch_frames)
-        self.comparison.dense_outputs()
+                                           device=self.device, batch_frames=batch_frames,
+                                           per_frame_ivectors=per_frame_ivectors)
+        self.per_frame_ivectors = per_frame_ivectors
+        from kprune.evaluate.outputs import single_cpu_thread
+
+        with single_cpu_thread(self.device):
+            self.comparison.dense_outputs()
         self.ivector_period = ivector_period
         self.prepare_seconds = time.perf_counter() - start
         log.info("eval=signals: %d utterances (%.1f s) from %s ready in %.1f s", len(features.utts), self.seconds,
@@ -81,6 +87,7 @@ class SignalsEvaluator(Evaluator):
             ivector_period=positive_number(cfg, "ivector_period", 10, integer=True),
             batch_frames=positive_number(cfg, "batch_frames", 1, integer=True) if cfg.get("batch_frames") else None,
             cache_dir=absolute_path(cfg["cache_dir"]) if cfg.get("cache_dir") else None,
+            per_frame_ivectors=_boolean(cfg, "per_frame_ivectors"),
         )
 
     def _load(self, path: Path):
@@ -95,7 +102,8 @@ class SignalsEvaluator(Evaluator):
 
     def cache_key(self) -> dict[str, Any]:
         return {"backend": "signals", "format": CACHE_FORMAT, "model": file_digest(self.model_path),
-                "audio": self.audio_digest, "ivector_period": self.ivector_period}
+                "audio": self.audio_digest, "ivector_period": self.ivector_period,
+                "per_frame_ivectors": self.per_frame_ivectors}
 
     def _decode_baseline(self) -> dict[str, Any]:
         return {"audio_seconds": self.seconds}  # the dense model against itself: nothing to decode
@@ -110,10 +118,20 @@ class SignalsEvaluator(Evaluator):
         if (pruned.input_dim, pruned.ivector_dim, pruned.num_pdfs) != (dense.input_dim, dense.ivector_dim,
                                                                        dense.num_pdfs):
             raise EvaluationError(f"{model}: its inputs/outputs differ from the original model's")
-        metrics: dict[str, Any] = dict(self.comparison.signals(pruned))
+        from kprune.evaluate.outputs import single_cpu_thread
+
+        with single_cpu_thread(self.device):
+            metrics: dict[str, Any] = dict(self.comparison.signals(pruned))
         metrics["signal_seconds"] = time.perf_counter() - start
         metrics["audio_seconds"] = self.seconds
         return metrics
 
     def close(self) -> None:
         self._cleanup()
+
+
+def _boolean(cfg: Mapping[str, Any], key: str) -> bool:
+    value = cfg.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"eval.{key}: expected true or false, found {value!r}")
+    return value

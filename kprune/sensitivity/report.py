@@ -67,7 +67,7 @@ def plot_heatmap(table: Table, path: Path, signal: str = "kl") -> bool:
             value = table[layer].get(level, {}).get(signal)
             if value is not None and math.isfinite(value):
                 grid[i, j] = value
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(levels), 1.5 + 0.28 * len(layers)))
+    fig, ax = plt.subplots(figsize=(2.5 + 0.7 * len(levels), 1.5 + 0.28 * len(layers)), layout="constrained")
     norm = None
     if signal == "kl" and np.nanmax(grid) > 0:
         positive = grid[grid > 0]
@@ -79,7 +79,6 @@ def plot_heatmap(table: Table, path: Path, signal: str = "kl") -> bool:
     ax.set_xlabel("fraction of the layer pruned")
     ax.set_title(f"{signal} when one layer is pruned alone")
     fig.colorbar(image, ax=ax, label=signal)
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

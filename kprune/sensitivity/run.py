@@ -10,6 +10,7 @@ decoded error rates when ``eval`` decodes, and write ``sensitivity.csv``,
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,15 +41,18 @@ def measure_curves(loaded, method, calib, layers, levels, device: torch.device, 
     from kprune.runner import _calibration_features
     from kprune.sensitivity import LayerSensitivity, sensitivity_analysis
 
+    from kprune.evaluate.outputs import single_cpu_thread
+
     features = _calibration_features(calib, loaded, device)
     if max_seconds is not None:
         features = features.limited(max_seconds)
     start = time.perf_counter()
-    analysis = LayerSensitivity(loaded.model, method, features, dense=loaded.snapshot, device=device,
-                                model_path=loaded.model.path, layers=layers)
     try:
-        table = sensitivity_analysis(layers, levels, lambda layer, level: analysis.measure(layer, level, also),
-                                     progress)
+        with single_cpu_thread(device):  # many small ops: a second thread costs more than it gives on 2 cores
+            analysis = LayerSensitivity(loaded.model, method, features, dense=loaded.snapshot, device=device,
+                                        model_path=loaded.model.path, layers=layers)
+            table = sensitivity_analysis(layers, levels,
+                                         lambda layer, level: analysis.measure(layer, level, also), progress)
     finally:
         loaded.model.restore(loaded.snapshot)
     log.info("%d layers x %d levels measured on %.0f s of %s in %.1f s", len(layers), len(levels),
@@ -85,8 +89,12 @@ def run_sensitivity(settings: SensitivitySettings, run_dir: Path, evaluator=None
         log.info("%-24s %.2f  kl %.5f  agreement %6.2f %%  snr %6.2f dB%s", layer, level, m["kl"],
                  m["argmax_agreement"], m["snr_db"], f"  CER {m['cer']:.2f}" if "cer" in m else "")
 
-    table = measure_curves(loaded, method, CalibrationData.from_config(settings.calib), layers, levels,
-                           resolve_device(settings.device), settings.max_seconds, also, progress)
+    try:
+        table = measure_curves(loaded, method, CalibrationData.from_config(settings.calib), layers, levels,
+                               resolve_device(settings.device), settings.max_seconds, also, progress)
+    finally:
+        if evaluator is not None:
+            shutil.rmtree(work, ignore_errors=True)
     write_csv(table, run_dir / CSV)
     plot_heatmap(table, run_dir / PLOT, settings.signal)
     log_sensitivity(run_dir, table)

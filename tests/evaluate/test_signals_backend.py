@@ -53,3 +53,18 @@ def test_dense_is_identical_and_pruned_is_not(evaluator, real_model_path, tmp_pa
     again = OutputComparison(evaluator.comparison.feats, evaluator.comparison.ivectors, 10,
                              evaluator.comparison.dense_model, device=evaluator.device)
     assert again.signals(evaluator._load(tmp_path / "final.mdl"))["kl"] == pytest.approx(pruned["kl"], rel=1e-9)
+
+
+def test_per_frame_ivectors_are_an_option_with_close_numbers(evaluator, one_utterance, real_model_path, tmp_path):
+    fast = SignalsEvaluator.from_config({"data": str(one_utterance), "device": "cpu", "per_frame_ivectors": True,
+                                         "cache_dir": str(tmp_path / "cache")}, real_model_path)
+    assert fast.evaluate(real_model_path, tmp_path / "dense")["kl"] == 0.0
+    model = load_model(real_model_path)
+    names = model.default_layers
+    for name, mask in zip(names, compute_masks("pct", [model.layers[n].weight for n in names], 0.4)):
+        model.layers[name].weight.masked_fill_(mask, 0.0)
+    model.save(tmp_path / "final.mdl")
+    chunked = evaluator.evaluate(tmp_path / "final.mdl", tmp_path / "a")["kl"]
+    assert fast.evaluate(tmp_path / "final.mdl", tmp_path / "b")["kl"] == pytest.approx(chunked, rel=0.5)
+    with pytest.raises(ConfigError, match="eval.per_frame_ivectors: expected true or false"):
+        SignalsEvaluator.from_config({"data": str(one_utterance), "per_frame_ivectors": "yes"}, real_model_path)
