@@ -156,22 +156,9 @@ def log_run(
             _write_hparams(writer, method, threshold, layers, metrics)
         finally:
             writer.close()
-        (written,) = tmp_dir.glob(_EVENT_PREFIX + "*")
-        target = run_dir / written.name
-        # The system temp dir may be another file system: copy under a name that
-        # TensorBoard ignores (no "tfevents" in it), then rename.
-        partial = run_dir / f".{os.getpid()}.events.partial"
-        try:
-            shutil.copyfile(written, partial)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        target = _install_event_file(tmp_dir, run_dir, old_files)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-    for old in old_files:
-        if old != target:
-            old.unlink(missing_ok=True)
     logger.debug("TensorBoard record %s written in %.3f s", target, time.perf_counter() - started)
     return target
 
@@ -406,16 +393,26 @@ def log_sweep(
                 writer.add_image(f"figures/{name}", _decode_png(png), 0, dataformats="HWC")
         finally:
             writer.close()
-        (written,) = tmp_dir.glob(_EVENT_PREFIX + "*")
-        target = run_dir / written.name
-        partial = run_dir / f".{os.getpid()}.events.partial"
-        try:
-            shutil.copyfile(written, partial)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        target = _install_event_file(tmp_dir, run_dir, old_files)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    return target
+
+
+def _install_event_file(tmp_dir: Path, run_dir: Path, old_files: Sequence[Path]) -> Path:
+    """Moves the one event file written in ``tmp_dir`` into ``run_dir``, then removes ``old_files``.
+
+    The system temp dir may be another file system: the file is copied under a
+    name TensorBoard ignores (no "tfevents" in it), then renamed into place.
+    """
+    (written,) = tmp_dir.glob(_EVENT_PREFIX + "*")
+    target = run_dir / written.name
+    partial = run_dir / f".{os.getpid()}.events.partial"
+    try:
+        shutil.copyfile(written, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     for old in old_files:
         if old != target:
             old.unlink(missing_ok=True)
