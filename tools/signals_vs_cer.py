@@ -21,32 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kprune.evaluate import build_evaluator  # noqa: E402
+from kprune.report.summary import spearman_rho  # noqa: E402
 from kprune.runner import default_model_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNALS = ("kl", "argmax_agreement", "snr_db")
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rho with average ranks for ties."""
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        out = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2
-            i = j + 1
-        return out
-
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / den if den else float("nan")
 
 
 def main() -> int:
@@ -74,7 +53,7 @@ def main() -> int:
         return 1
     cers = [r[1] for r in rows]
     for key in SIGNALS:
-        print(f"Spearman rho ({key}, CER) over {len(rows)} points: {spearman([r[2][key] for r in rows], cers):+.2f}")
+        print(f"Spearman rho ({key}, CER) over {len(rows)} points: {spearman_rho([r[2][key] for r in rows], cers):+.2f}")
     return 0
 
 
