@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kprune.errors import KpruneError
+from kprune.plugins import import_plugins
 from kprune.rundir import check_can_write_dir, check_run_dir
 from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
 
@@ -40,7 +41,8 @@ def _model_layers(model: str | None = None) -> str:
 
 
 # Overrides that do not name a sweep point: where and how it runs, what evaluates it.
-_NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment"}
+_NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment",
+                      "plugins"}
 
 
 def point_dir_name(overrides: Sequence[str]) -> str:
@@ -129,6 +131,7 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        import_plugins(_plain(cfg.get("plugins")))  # in this process: a launcher's worker has not imported them
         settings = point_settings(cfg, Path(hydra.utils.get_original_cwd()))
         model = settings.model
         metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=lambda: _evaluator(cfg, model),

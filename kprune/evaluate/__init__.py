@@ -38,6 +38,8 @@ backend counts errors the same way.
 registered on import.  Any other ``eval=<name>`` imports
 ``kprune.evaluate.<name>_backend`` when it is first asked for, so a backend
 with heavy dependencies (torch) costs nothing to those who do not use it.
+A name that is none of these is looked for in other packages' plugin modules
+(:mod:`kprune.plugins`: the ``kprune.plugins`` entry points).
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ def evaluator_class(name: str) -> type[Evaluator]:
                 raise ConfigError(f"eval={name} needs the {e.name} package, which is not installed") from e
         except ImportError as e:
             raise ConfigError(f"eval={name}: its backend cannot be imported ({e})") from e
+        backends = registered_evaluators()
+    if name not in backends:  # perhaps a plugin's (kprune.plugins entry points), not yet imported here
+        from kprune.plugins import load_entry_points
+
+        load_entry_points()
         backends = registered_evaluators()
     if name not in backends:
         raise ConfigError(

@@ -115,6 +115,11 @@ def get_method(name: str | Method) -> Method:
     if isinstance(name, Method):
         return name
     key = _ALIASES.get(str(name), str(name))
+    if key not in _METHODS:  # perhaps a plugin's (kprune.plugins entry points), not yet imported here
+        from kprune.plugins import load_entry_points
+
+        load_entry_points()
+        key = _ALIASES.get(str(name), str(name))
     if key not in _METHODS:
         known = ", ".join(f"{m.name} ({'/'.join(m.aliases)})" if m.aliases else m.name for m in _METHODS.values())
         raise ConfigError(f"unknown pruning method {name!r}; known methods: {known}")
