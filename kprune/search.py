@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -78,10 +79,11 @@ class SearchPoint:
     baseline: float | None
     sparsity: float | None
     within: bool
-    source: str  # "reused" (found complete in the sweep) | "evaluated" (by this search) | "failed"
+    source: str  # "reused" (found complete in the sweep) | "evaluated" (by this search) | "failed" | "grid" (read by replay)
     run_dir: str | None = None
     note: str | None = None
     error: str | None = None  # why a failed point failed
+    tokens: int | None = None  # reference words or characters the metric counts over (from "<metric>_report")
 
 
 def point_from_metrics(threshold: float, metrics: Mapping[str, Any] | None, budget: Budget, source: str,
@@ -97,7 +99,14 @@ def point_from_metrics(threshold: float, metrics: Mapping[str, Any] | None, budg
         raise ConfigError(f"{run_dir}: metrics.json has no {budget.metric!r} with a baseline; the search needs "
                           f"an evaluation that reports it (eval=vosk, torch or kaldi)")
     return SearchPoint(threshold, float(value), float(baseline), metrics.get("sparsity"),
-                       float(value) <= budget.limit(float(baseline)) + 1e-9, source, run_dir)
+                       float(value) <= budget.limit(float(baseline)) + 1e-9, source, run_dir,
+                       tokens=_reference_tokens(metrics.get(f"{budget.metric}_report")))
+
+
+def _reference_tokens(report: Any) -> int | None:
+    """N of a compute-wer line, ``%CER 13.07 [ 46 / 352, 1 ins, 4 del, 41 sub ]``; None if absent."""
+    match = re.search(r"\[\s*\d+\s*/\s*(\d+)", report) if isinstance(report, str) else None
+    return int(match.group(1)) if match else None
 
 
 @dataclass
@@ -119,14 +128,28 @@ class SearchResult:
     def threshold(self) -> float:
         return self.answer.threshold if self.answer is not None else self.lower
 
+    def budget_in_errors(self) -> tuple[float, int] | None:
+        """(the budget as a number of errors on the test set, its reference tokens); None if unknown.
+
+        A budget of a few errors is within the noise between neighbouring
+        points of a small test set: the error rate then leaves it more than once.
+        """
+        baseline = next((p.baseline for p in self.points if p.baseline is not None), None)
+        tokens = next((p.tokens for p in self.points if p.tokens), None)
+        if baseline is None or tokens is None:
+            return None
+        return (self.budget.limit(baseline) - baseline) / 100.0 * tokens, tokens
+
     def to_dict(self) -> dict[str, Any]:
         baseline = next((p.baseline for p in self.points if p.baseline is not None), None)
+        errors = self.budget_in_errors()
         return {
             "threshold": self.threshold,
             "answer": asdict(self.answer) if self.answer is not None else None,
             "bracket": list(self.bracket),
             "budget": {**asdict(self.budget), "baseline": baseline,
-                       "limit": self.budget.limit(baseline) if baseline is not None else None},
+                       "limit": self.budget.limit(baseline) if baseline is not None else None,
+                       "errors": errors[0] if errors else None, "reference_tokens": errors[1] if errors else None},
             "lower": self.lower, "upper": self.upper, "resolution": self.resolution,
             "evaluations": self.evaluations,
             "reused": sum(p.source == "reused" for p in self.points),
@@ -153,6 +176,10 @@ class SearchResult:
             sparsity = "" if a.sparsity is None else f", sparse rate {a.sparsity:.2f} %"
             lines.append(f"answer: threshold {a.threshold:g}{sparsity}, {self.budget.metric} {a.value:.2f} %; "
                          f"the next step ({self.bracket[1]:g}) is over the budget")
+        if d["budget"]["errors"] is not None:
+            lines.append(f"budget: {d['budget']['errors']:.1f} errors of the test set's "
+                         f"{d['budget']['reference_tokens']} reference tokens; a budget of a few errors is within "
+                         f"the noise between neighbouring points (README: How far can I prune?)")
         lines.append(f"cost: {self.evaluations} evaluations ({d['reused']} points reused); "
                      f"a grid of the same resolution ({self.resolution:g}) has {self.grid_points} points")
         lines += [f"note: {n}" for n in self.notes]
@@ -259,3 +286,66 @@ def reusable_points(sweep_dir: Path, fingerprint: Mapping[str, Any], budget: Bud
         found.append(point_from_metrics(float(point["threshold"]), metrics, budget, "reused", str(run_dir)))
     return found
 
+
+
+# -- a search replayed against a grid sweep ---------------------------------------
+
+def sweep_settings_groups(sweep_dir: Path, budget: Budget) -> list[tuple[dict[str, Any], list[SearchPoint]]]:
+    """The complete points under ``sweep_dir``, grouped by their settings other than the threshold.
+
+    Each group is (the settings of ``point.json`` without the threshold, its
+    points), largest group first.
+    """
+    groups: dict[str, tuple[dict[str, Any], list[SearchPoint]]] = {}
+    for point_file in sorted(Path(sweep_dir).glob("*/point.json")):
+        try:
+            point = json.loads(point_file.read_text())
+            metrics = json.loads((point_file.parent / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(point, dict) or "threshold" not in point or metrics.get("status") != "ok":
+            continue
+        settings = {k: v for k, v in point.items() if k != "threshold"}
+        key = json.dumps(settings, sort_keys=True)
+        groups.setdefault(key, (settings, []))[1].append(
+            point_from_metrics(float(point["threshold"]), metrics, budget, "grid", str(point_file.parent)))
+    return sorted(groups.values(), key=lambda g: -len(g[1]))
+
+
+def replay_search(points: Iterable[SearchPoint], budget: Budget, *, lower: float = 0.0, upper: float = 1.0,
+                  resolution: float = 0.01, points_per_round: int = 1) -> SearchResult:
+    """What :func:`search_threshold` answers, and at what cost, when its points are looked up, not evaluated.
+
+    ``points`` are a grid sweep's (:func:`sweep_settings_groups`); each
+    threshold the search asks for must be among them, or :class:`ConfigError`
+    names the first one missing.  With the grid's own answer
+    (:func:`largest_within`), this checks the search against the grid without
+    a single decode.
+    """
+    table = {round(p.threshold, 9): p for p in points}
+
+    def evaluate(thresholds: list[float]) -> list[SearchPoint]:
+        missing = [t for t in thresholds if round(t, 9) not in table]
+        if missing:
+            raise ConfigError(f"the search asks for threshold {missing[0]:g}, which the grid does not hold; "
+                              f"evaluate it in the same sweep directory (threshold={missing[0]:g}) and replay")
+        return [replace(table[round(t, 9)], source="evaluated") for t in thresholds]
+
+    return search_threshold(evaluate, budget, lower=lower, upper=upper, resolution=resolution,
+                            points_per_round=points_per_round)
+
+
+def largest_within(points: Iterable[SearchPoint], lower: float = 0.0) -> SearchPoint | None:
+    """The largest threshold within the budget (the answer a grid of these points gives); None if there is none."""
+    within = [p for p in points if p.within and p.threshold > lower]
+    return max(within, key=lambda p: p.threshold) if within else None
+
+
+def crossings(points: Iterable[SearchPoint]) -> list[tuple[float, float]]:
+    """(within, over) pairs of neighbouring thresholds where the error leaves the budget.
+
+    A monotone error leaves it once; more crossings mean the metric's noise on
+    this test set is larger than the budget between neighbouring points.
+    """
+    ordered = sorted(points, key=lambda p: p.threshold)
+    return [(a.threshold, b.threshold) for a, b in zip(ordered, ordered[1:]) if a.within and not b.within]

@@ -12,7 +12,8 @@ import pytest
 
 from kprune.errors import ConfigError
 from kprune.kaldi.build import build_tdnn
-from kprune.search import Budget, SearchPoint, point_from_metrics, search_threshold
+from kprune.search import (Budget, SearchPoint, crossings, largest_within, point_from_metrics, replay_search,
+                           search_threshold)
 
 TESTS = Path(__file__).resolve().parent
 
@@ -83,6 +84,51 @@ def test_budgets():
         point_from_metrics(0.4, {"status": "ok", "sparsity": 1.0}, Budget(), "evaluated", "/x/run")
 
 
+def test_the_budget_in_errors_of_the_test_set():
+    metrics = {"status": "ok", "cer": 12.5, "baseline": {"cer": 11.93}, "sparsity": 40.0,
+               "cer_report": "%CER 12.50 [ 44 / 352, 1 ins, 4 del, 39 sub ]"}
+    point = point_from_metrics(0.4, metrics, Budget(), "evaluated")
+    assert point.tokens == 352
+    result = search_threshold(lambda ts: [point_from_metrics(t, metrics, Budget(), "evaluated") for t in ts],
+                              Budget(), resolution=0.25)
+    errors, tokens = result.budget_in_errors()
+    assert tokens == 352 and errors == pytest.approx(0.05 * 11.93 / 100 * 352)  # 2.1 characters
+    assert "budget: 2.1 errors of the test set's 352 reference tokens" in result.format()
+    assert point_from_metrics(0.4, {**metrics, "cer_report": None}, Budget(), "evaluated").tokens is None
+
+
+# -- the search replayed against a grid, with noise bigger than the budget ------------------------
+
+def grid_points(values: dict[float, float], baseline: float = 10.0) -> list[SearchPoint]:
+    limit = Budget().limit(baseline)
+    return [SearchPoint(t, v, baseline, 100 * t, v <= limit, "grid") for t, v in values.items()]
+
+
+def test_a_replayed_search_asks_the_grid_and_finds_its_answer():
+    # Within the budget (<= 10.5) up to 0.6, over from 0.7; nothing is evaluated, only looked up.
+    grid = grid_points({round(0.1 * i, 1): 10.0 if i <= 6 else 20.0 + i for i in range(1, 11)})
+    result = replay_search(grid, Budget(), resolution=0.1)
+    assert result.threshold == 0.6 == largest_within(grid).threshold
+    assert result.evaluations <= 4 and all(p.source == "evaluated" for p in result.points)
+    assert crossings(grid) == [(0.6, 0.7)]
+
+
+def test_noise_bigger_than_the_budget_misleads_the_bisection_and_shows_as_crossings():
+    # The shape of ko-dev's global_pct grid: a noisy plateau, one point over the budget below the real rise.
+    values = {0.1: 10.2, 0.2: 10.4, 0.3: 10.0, 0.4: 10.1, 0.5: 11.0, 0.6: 10.3, 0.7: 10.4, 0.8: 15.0, 0.9: 30.0, 1.0: 90.0}
+    grid = grid_points(values)
+    result = replay_search(grid, Budget(), resolution=0.1)
+    assert largest_within(grid).threshold == 0.7
+    assert result.threshold == 0.4  # bisection asked 0.5, met the noise, and never looked above it
+    assert crossings(grid) == [(0.4, 0.5), (0.7, 0.8)]
+
+
+def test_a_replayed_search_names_the_threshold_the_grid_lacks():
+    grid = grid_points({0.1: 10.0, 0.2: 10.0})
+    with pytest.raises(ConfigError, match=r"asks for threshold 0.5, which the grid does not hold"):
+        replay_search(grid, Budget(), resolution=0.1)
+
+
 # -- the Hydra sweeper, on a synthetic model with a real evaluation -------------------------------
 
 def kprune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -144,6 +190,12 @@ def test_the_sweeper_finds_the_breaking_point_and_resumes(synthetic):
     assert report2["threshold"] == expected and report2["evaluations"] == 0
     assert "Launching" not in again.stdout + again.stderr
 
+    # tools/search_vs_grid.py reads the same points as a grid: its answer is the search's.
+    tool = subprocess.run([sys.executable, str(TESTS.parent / "tools" / "search_vs_grid.py"), str(cwd / "sweep"),
+                           "--max-rel-increase", "0.5"], capture_output=True, text=True, timeout=600)
+    assert tool.returncode == 0, tool.stderr
+    assert f"grid answer: {expected:g} " in tool.stdout
+
 
 def test_the_sweeper_refuses_a_swept_threshold(synthetic):
     cwd = synthetic[0]
@@ -170,13 +222,12 @@ def test_the_sweeper_runs_rounds_of_parallel_points_under_joblib(synthetic, tmp_
     import os
 
     cwd, expected, _ = synthetic
-    # joblib's workers are fresh interpreters: a sitecustomize registers the test backend in each.
-    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport frame_error\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    # joblib's workers are fresh interpreters: plugins= imports the test backend in each (from PYTHONPATH).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     args = [a if a != "hydra.sweep.dir=sweep" else "hydra.sweep.dir=parallel" for a in SEARCH]
-    proc = subprocess.run([sys.executable, "-m", "kprune", *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                           "hydra.sweeper.points_per_round=2"], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "kprune", *args, "plugins=[frame_error]", "hydra/launcher=joblib",
+                           "hydra.launcher.n_jobs=2", "hydra.sweeper.points_per_round=2"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((cwd / "parallel" / "search.json").read_text())
     assert report["threshold"] == expected and report["reused"] == 0
