@@ -23,7 +23,7 @@ THRESHOLDS = "0.2,0.5,0.8"
 
 
 def kprune(cwd: Path, *args: str, pythonpath: list[Path] = (), check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in [*pythonpath, TESTS.parent])}  # this checkout
     proc = subprocess.run([sys.executable, "-m", "kprune", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
     if check:

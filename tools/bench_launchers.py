@@ -9,6 +9,11 @@ pays for it.  The sequential run gives each point every core
 (``eval.jobs=0``); the parallel run gives each of ``--workers`` processes
 ``cores / workers`` decoding threads, as the README advises.  The CER of every
 point must be the same in both.
+
+It also reports the CPU time of each sweep (its processes' user + system
+time).  A sweep cannot finish faster than its CPU time spread over every core,
+so ``cpu / (cores * wall)`` of the sequential run, its use of the machine,
+bounds from below the ratio any launcher can reach on this machine.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,16 +31,19 @@ from pathlib import Path
 THRESHOLDS = "0.1,0.2,0.3,0.4,0.5,0.6"
 
 
-def sweep(out: Path, name: str, data: str, extra: list[str], thresholds: str = THRESHOLDS) -> float:
+def sweep(out: Path, name: str, data: str, extra: list[str], thresholds: str = THRESHOLDS) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the sweep's processes, workers included)."""
     cmd = [sys.executable, "-m", "kprune", "-m", "eval=vosk", f"eval.data={data}", "eval.progress=false",
            "method=global_pct", f"threshold={thresholds}", "tensorboard.histograms=false",
            f"hydra.sweep.dir={out / name}", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def cers(root: Path) -> dict[str, float]:
@@ -51,16 +60,20 @@ def main() -> None:
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.workers)
 
-    warm = sweep(args.out, "warmup", args.data, [], thresholds="0.05")
-    sequential = sweep(args.out, "sequential", args.data, ["eval.jobs=0"])
-    parallel = sweep(args.out, "parallel", args.data,
-                     [f"eval.jobs={threads}", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.workers}"])
+    warm, _ = sweep(args.out, "warmup", args.data, [], thresholds="0.05")
+    sequential, sequential_cpu = sweep(args.out, "sequential", args.data, ["eval.jobs=0"])
+    parallel, parallel_cpu = sweep(args.out, "parallel", args.data,
+                                   [f"eval.jobs={threads}", "hydra/launcher=joblib",
+                                    f"hydra.launcher.n_jobs={args.workers}"])
     same = cers(args.out / "sequential") == cers(args.out / "parallel")
+    use = sequential_cpu / (cores * sequential)
     print(f"cores {cores}; 6 points, eval=vosk on {args.data}")
     print(f"warm-up (baseline cached): {warm:.1f} s")
-    print(f"sequential (eval.jobs=0):            {sequential:.1f} s")
-    print(f"joblib, {args.workers} workers (eval.jobs={threads}): {parallel:.1f} s")
+    print(f"sequential (eval.jobs=0):            {sequential:.1f} s wall, {sequential_cpu:.1f} s CPU")
+    print(f"joblib, {args.workers} workers (eval.jobs={threads}): {parallel:.1f} s wall, {parallel_cpu:.1f} s CPU")
     print(f"ratio parallel / sequential: {parallel / sequential:.2f}")
+    print(f"sequential run's use of the {cores} cores: {use:.2f} "
+          f"(no launcher can bring the ratio below about this, for the same CPU work)")
     print(f"same CER at every point: {same}")
     print(json.dumps({"sequential": cers(args.out / 'sequential'), "parallel": cers(args.out / 'parallel')}))
 
