@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from kprune.errors import KpruneError
+from kprune.errors import ConfigError, KpruneError
 from kprune.plugins import import_plugins
 from kprune.rundir import check_can_write_dir, check_run_dir
 from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
@@ -42,7 +42,7 @@ def _model_layers(model: str | None = None) -> str:
 
 # Overrides that do not name a sweep point: where and how it runs, what evaluates it.
 _NOT_IN_POINT_NAME = {"eval", "hydra", "model", "group", "device", "save_masks", "tensorboard", "experiment",
-                      "plugins"}
+                      "plugins", "objective"}
 
 
 def point_dir_name(overrides: Sequence[str]) -> str:
@@ -125,12 +125,54 @@ class RunDirGuard(Callback):
             sys.exit(2)
 
 
+class PointFailed(RuntimeError):
+    """A point that an optimising sweeper (``objective=`` set) cannot score: it failed, or lacks a metric.
+
+    Raised from the task function, so that the sweeper records a failed trial
+    (Optuna: ``hydra.sweeper.max_failure_rate`` decides whether the study goes
+    on), where a NaN would be taken for a score.
+    """
+
+
+def objective_value(metrics: dict, objective, where: str = "the point") -> float | list[float]:
+    """What a run returns to a sweeper that optimises (``objective=``; Optuna reads it).
+
+    ``None``: the error rate (``cer``, else ``wer``), or the sparse rate when
+    nothing was evaluated, or NaN for a failed point (kprune's own sweeps go on
+    past it).  A ``metrics.json`` key, or a list of them for a multi-objective
+    study (``[cer, sparsity]``): their values, in that order; a failed point
+    or a missing key raises :class:`PointFailed`.
+    """
+    if objective is None:
+        return float(metrics.get("cer", metrics.get("wer", metrics.get("sparsity", float("nan")))))
+    names = [objective] if isinstance(objective, str) else list(objective)
+    if metrics.get("status", "ok") != "ok":
+        raise PointFailed(f"{where} failed ({metrics.get('error', 'no metrics')}); objective {names} has no value")
+    values = [metrics.get(name) for name in names]
+    missing = [n for n, v in zip(names, values) if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if missing:
+        raise PointFailed(f"objective: {where} has no {', '.join(missing)} in its metrics.json (it has "
+                          f"{', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))}); "
+                          f"an error rate needs an evaluation (eval=vosk, torch or kaldi)")
+    return float(values[0]) if isinstance(objective, str) else [float(v) for v in values]
+
+
+def _check_objective(objective) -> None:
+    if objective is None or isinstance(objective, str):
+        return
+    if not isinstance(objective, list) or not objective or not all(isinstance(n, str) and n for n in objective):
+        raise ConfigError(f"objective: expected null, a metrics.json key (cer) or a list of them ([cer, sparsity]), "
+                          f"found {objective!r}")
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
-    """Runs one point; returns its error rate (or sparse rate) for sweepers that optimise."""
+def main(cfg: DictConfig) -> float | list[float]:
+    """Runs one point; returns ``objective_value`` of its metrics, for sweepers that optimise."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    objective = _plain(cfg.get("objective"))
     try:
+        _check_objective(objective)
         import_plugins(_plain(cfg.get("plugins")))  # in this process: a launcher's worker has not imported them
         settings = point_settings(cfg, Path(hydra.utils.get_original_cwd()))
         model = settings.model
@@ -139,7 +181,7 @@ def main(cfg: DictConfig) -> float:
     except KpruneError as e:
         if multirun:
             log.error("%s", e)
-            return float("nan")
+            return objective_value({"status": "failed", "error": str(e)}, objective, hc.runtime.output_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return float(metrics.get("cer", metrics.get("wer", metrics.get("sparsity", float("nan")))))
+    return objective_value(metrics, objective, hc.runtime.output_dir)

@@ -151,3 +151,25 @@ def test_two_copies_of_a_sweep_share_its_points(tdnn, tmp_path):
     text = "".join(outputs)
     assert "taken by another process" in text or text.count("complete for these settings, skipped") == 6, text
     assert text.count("skipped") == 6, text  # of 12 visits, each point was computed once
+
+
+def test_what_a_run_returns_to_an_optimising_sweeper():
+    from kprune.app import PointFailed, objective_value
+
+    metrics = {"status": "ok", "cer": 12.5, "wer": 80.0, "sparsity": 40.0}
+    assert objective_value(metrics, None) == 12.5
+    assert objective_value({"sparsity": 40.0}, None) == 40.0  # eval=none: the sparse rate
+    assert objective_value(metrics, "sparsity") == 40.0
+    assert objective_value(metrics, ["cer", "sparsity"]) == [12.5, 40.0]
+    failed = {"status": "failed", "error": "decode timed out"}
+    assert objective_value(failed, None) != objective_value(failed, None)  # NaN: kprune's sweeps go on
+    with pytest.raises(PointFailed, match=r"run/3 failed \(decode timed out\)"):  # a failed trial, not a score
+        objective_value(failed, ["cer", "sparsity"], "run/3")
+    with pytest.raises(PointFailed, match="has no cer in its metrics.json .it has sparsity."):
+        objective_value({"status": "ok", "sparsity": 40.0}, ["cer", "sparsity"])
+
+
+def test_a_malformed_objective_is_refused_in_one_line(tdnn):
+    proc = kprune(f"model={tdnn}", "objective=[cer,3]", "hydra.run.dir=objective", cwd=tdnn.parent)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: objective: expected null, a metrics.json key")
