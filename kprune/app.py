@@ -170,9 +170,13 @@ def main(cfg: DictConfig) -> float | list[float]:
     """Runs one point; returns ``objective_value`` of its metrics, for sweepers that optimise."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    objective = _plain(cfg.get("objective"))
+    objective = _plain(cfg.get("objective")) if multirun else None  # a single run returns to no sweeper
     try:
         _check_objective(objective)
+    except ConfigError as e:  # the same mistake for every point: stop the sweep
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
         import_plugins(_plain(cfg.get("plugins")))  # in this process: a launcher's worker has not imported them
         settings = point_settings(cfg, Path(hydra.utils.get_original_cwd()))
         model = settings.model

@@ -170,6 +170,6 @@ def test_what_a_run_returns_to_an_optimising_sweeper():
 
 
 def test_a_malformed_objective_is_refused_in_one_line(tdnn):
-    proc = kprune(f"model={tdnn}", "objective=[cer,3]", "hydra.run.dir=objective", cwd=tdnn.parent)
+    proc = kprune("-m", f"model={tdnn}", "objective=[cer,3]", "hydra.sweep.dir=objective", cwd=tdnn.parent)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: objective: expected null, a metrics.json key")
