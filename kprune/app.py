@@ -134,23 +134,35 @@ class PointFailed(RuntimeError):
     """
 
 
-def objective_value(metrics: dict, objective, where: str = "the point") -> float | list[float]:
+#: Sweepers that only launch points, and read no scores: under them a failed point returns NaN and the sweep goes on.
+_LAUNCHING_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                       "hydra_plugins.kprune_search.search_sweeper.KpruneSearchSweeper")
+
+
+def objective_value(metrics: dict, objective, where: str = "the point", *,
+                    strict: bool = True) -> float | list[float]:
     """What a run returns to a sweeper that optimises (``objective=``; Optuna reads it).
 
     ``None``: the error rate (``cer``, else ``wer``), or the sparse rate when
     nothing was evaluated, or NaN for a failed point (kprune's own sweeps go on
     past it).  A ``metrics.json`` key, or a list of them for a multi-objective
-    study (``[cer, sparsity]``): their values, in that order; a failed point
-    or a missing key raises :class:`PointFailed`.
+    study (``[cer, sparsity]``): their values, in that order.  A point that
+    failed or was skipped, or that lacks a key, raises :class:`PointFailed`,
+    or gives NaN for it with ``strict=False`` (a sweeper that reads no scores).
     """
     if objective is None:
         return float(metrics.get("cer", metrics.get("wer", metrics.get("sparsity", float("nan")))))
     names = [objective] if isinstance(objective, str) else list(objective)
-    if metrics.get("status", "ok") != "ok":
-        raise PointFailed(f"{where} failed ({metrics.get('error', 'no metrics')}); objective {names} has no value")
-    values = [metrics.get(name) for name in names]
+    status = metrics.get("status", "ok")
+    values = [metrics.get(name) if status == "ok" else None for name in names]
     missing = [n for n, v in zip(names, values) if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if missing:
+    if missing and not strict:
+        values = [float("nan") if n in missing else v for n, v in zip(names, values)]
+    elif status == "taken":
+        raise PointFailed(f"{where} is being computed by another process; objective {names} has no value here")
+    elif status != "ok":
+        raise PointFailed(f"{where} failed ({metrics.get('error', 'no metrics')}); objective {names} has no value")
+    elif missing:
         raise PointFailed(f"objective: {where} has no {', '.join(missing)} in its metrics.json (it has "
                           f"{', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))}); "
                           f"an error rate needs an evaluation (eval=vosk, torch or kaldi)")
@@ -171,6 +183,7 @@ def main(cfg: DictConfig) -> float | list[float]:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     objective = _plain(cfg.get("objective")) if multirun else None  # a single run returns to no sweeper
+    strict = str(hc.sweeper.get("_target_")) not in _LAUNCHING_SWEEPERS if multirun else False
     try:
         _check_objective(objective)
     except ConfigError as e:  # the same mistake for every point: stop the sweep
@@ -185,7 +198,8 @@ def main(cfg: DictConfig) -> float | list[float]:
     except KpruneError as e:
         if multirun:
             log.error("%s", e)
-            return objective_value({"status": "failed", "error": str(e)}, objective, hc.runtime.output_dir)
+            return objective_value({"status": "failed", "error": str(e)}, objective, hc.runtime.output_dir,
+                                   strict=strict)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return objective_value(metrics, objective, hc.runtime.output_dir)
+    return objective_value(metrics, objective, hc.runtime.output_dir, strict=strict)

@@ -52,8 +52,7 @@ def load_entry_points() -> list[str]:
     found = sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
     if _entry_points_loaded:
         return [ep.name for ep in found]
-    _entry_points_loaded = True
-    for ep in found:
+    for ep in found:  # a failure leaves the flag down: the next point reports the same broken plugin
         try:
             ep.load()
         except Exception as e:  # noqa: BLE001 -- any failure of a third-party import is reported the same way
@@ -61,6 +60,7 @@ def load_entry_points() -> list[str]:
             raise ConfigError(f"entry point {ep.name!r} of group {GROUP} (from {dist}): expected an importable "
                               f"module, found {ep.value!r} failing with {type(e).__name__}: {e}") from e
         log.debug("plugin %s (%s) loaded", ep.name, ep.value)
+    _entry_points_loaded = True
     return [ep.name for ep in found]
 
 
@@ -70,6 +70,8 @@ def import_plugins(modules: Iterable[str] | str | None) -> None:
         return
     if isinstance(modules, str):
         modules = [modules]
+    if not isinstance(modules, (list, tuple)):
+        raise ConfigError(f"plugins: expected a list of module names, found {modules!r}")
     for name in modules:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"plugins: expected a list of module names, found {name!r} in it")

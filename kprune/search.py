@@ -291,7 +291,7 @@ def reusable_points(sweep_dir: Path, fingerprint: Mapping[str, Any], budget: Bud
 # -- a search replayed against a grid sweep ---------------------------------------
 
 def sweep_settings_groups(sweep_dir: Path, budget: Budget) -> list[tuple[dict[str, Any], list[SearchPoint]]]:
-    """The complete points under ``sweep_dir``, grouped by their settings other than the threshold.
+    """The complete points under ``sweep_dir`` with the budget's metric, grouped by their settings but the threshold.
 
     Each group is (the settings of ``point.json`` without the threshold, its
     points), largest group first.
@@ -305,10 +305,12 @@ def sweep_settings_groups(sweep_dir: Path, budget: Budget) -> list[tuple[dict[st
             continue
         if not isinstance(point, dict) or "threshold" not in point or metrics.get("status") != "ok":
             continue
+        try:
+            found = point_from_metrics(float(point["threshold"]), metrics, budget, "grid", str(point_file.parent))
+        except ConfigError:  # not evaluated with the budget's metric (eval=none, a WER-only backend): not a grid point
+            continue
         settings = {k: v for k, v in point.items() if k != "threshold"}
-        key = json.dumps(settings, sort_keys=True)
-        groups.setdefault(key, (settings, []))[1].append(
-            point_from_metrics(float(point["threshold"]), metrics, budget, "grid", str(point_file.parent)))
+        groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(found)
     return sorted(groups.values(), key=lambda g: -len(g[1]))
 
 

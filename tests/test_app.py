@@ -167,6 +167,20 @@ def test_what_a_run_returns_to_an_optimising_sweeper():
         objective_value(failed, ["cer", "sparsity"], "run/3")
     with pytest.raises(PointFailed, match="has no cer in its metrics.json .it has sparsity."):
         objective_value({"status": "ok", "sparsity": 40.0}, ["cer", "sparsity"])
+    with pytest.raises(PointFailed, match="being computed by another process"):
+        objective_value({"status": "taken"}, "cer")
+    # Under a sweeper that reads no scores (Hydra's basic one), a grid sweep goes on past a failed point.
+    lenient = objective_value(failed, ["cer", "sparsity"], strict=False)
+    assert len(lenient) == 2 and all(v != v for v in lenient)
+    assert objective_value({"status": "ok", "sparsity": 40.0}, ["cer", "sparsity"], strict=False)[1] == 40.0
+
+
+def test_a_grid_sweep_with_an_objective_goes_on_past_a_failed_point(tdnn):
+    proc = kprune("-m", f"model={tdnn}", "method=pct", "threshold=0.1,7,0.2", "objective=[cer,sparsity]",
+                  "hydra.sweep.dir=grid", cwd=tdnn.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (tdnn.parent / "grid").glob("*/metrics.json"))
+    assert statuses == ["failed", "ok", "ok"]
 
 
 def test_a_malformed_objective_is_refused_in_one_line(tdnn):

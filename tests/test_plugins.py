@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,26 @@ def test_a_plugins_module_that_cannot_be_imported_is_named(workdir):
 
 def test_the_plugins_setting_is_not_part_of_a_point_name(workdir, sequential):
     assert all("plugins" not in name for name in sequential)
+
+
+def test_a_broken_entry_point_is_reported_again_at_the_next_point(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import kprune.plugins as plugins
+    from kprune.errors import ConfigError
+
+    broken = EntryPoint("broken", "no_such_module_anywhere", plugins.GROUP)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [broken] if group == plugins.GROUP else [])
+    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    for _ in range(2):  # a later point in the same process must not take it for an unknown name
+        with pytest.raises(ConfigError, match="entry point 'broken' of group kprune.plugins"):
+            plugins.load_entry_points()
+
+
+@pytest.mark.parametrize("setting, found", [(3, "3"), ([""], "''"), ({"a": 1}, "{'a': 1}")])
+def test_a_plugins_setting_that_is_not_module_names_is_refused(setting, found):
+    from kprune.errors import ConfigError
+    from kprune.plugins import import_plugins
+
+    with pytest.raises(ConfigError, match="plugins: expected a list of module names, found " + re.escape(found)):
+        import_plugins(setting)
