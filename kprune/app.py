@@ -190,7 +190,7 @@ def main(cfg: DictConfig) -> float | list[float]:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     try:
-        import_plugins(_plain(cfg.get("plugins")))  # in this process: a launcher's worker has not imported them
+        import_plugins(cfg.get("plugins"))  # in this process: a launcher's worker has not imported them
         settings = point_settings(cfg, Path(hydra.utils.get_original_cwd()))
         model = settings.model
         metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=lambda: _evaluator(cfg, model),

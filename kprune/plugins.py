@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import logging
 from importlib.metadata import entry_points
-from typing import Iterable
+from typing import Sequence
 
 from kprune.errors import ConfigError
 
@@ -64,13 +64,13 @@ def load_entry_points() -> list[str]:
     return [ep.name for ep in found]
 
 
-def import_plugins(modules: Iterable[str] | str | None) -> None:
+def import_plugins(modules: Sequence[str] | str | None) -> None:
     """Imports the modules of the ``plugins`` setting (a list of module names, or one)."""
     if modules is None:
         return
     if isinstance(modules, str):
         modules = [modules]
-    if not isinstance(modules, (list, tuple)):
+    if not isinstance(modules, Sequence):  # a list, or a config's ListConfig
         raise ConfigError(f"plugins: expected a list of module names, found {modules!r}")
     for name in modules:
         if not isinstance(name, str) or not name.strip():

@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kprune.errors import ConfigError
 
@@ -109,6 +109,20 @@ def _reference_tokens(report: Any) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def budget_in_errors(budget: Budget, points: Iterable[SearchPoint]) -> tuple[float, int] | None:
+    """(the budget as a number of errors on the test set, its reference tokens); None if unknown.
+
+    A budget of a few errors is within the noise between neighbouring points
+    of a small test set: the error rate then leaves it more than once.
+    """
+    points = list(points)
+    baseline = next((p.baseline for p in points if p.baseline is not None), None)
+    tokens = next((p.tokens for p in points if p.tokens), None)
+    if baseline is None or tokens is None:
+        return None
+    return (budget.limit(baseline) - baseline) / 100.0 * tokens, tokens
+
+
 @dataclass
 class SearchResult:
     """What :func:`search_threshold` found, and what it cost."""
@@ -129,16 +143,8 @@ class SearchResult:
         return self.answer.threshold if self.answer is not None else self.lower
 
     def budget_in_errors(self) -> tuple[float, int] | None:
-        """(the budget as a number of errors on the test set, its reference tokens); None if unknown.
-
-        A budget of a few errors is within the noise between neighbouring
-        points of a small test set: the error rate then leaves it more than once.
-        """
-        baseline = next((p.baseline for p in self.points if p.baseline is not None), None)
-        tokens = next((p.tokens for p in self.points if p.tokens), None)
-        if baseline is None or tokens is None:
-            return None
-        return (self.budget.limit(baseline) - baseline) / 100.0 * tokens, tokens
+        """:func:`budget_in_errors` of this search's points."""
+        return budget_in_errors(self.budget, self.points)
 
     def to_dict(self) -> dict[str, Any]:
         baseline = next((p.baseline for p in self.points if p.baseline is not None), None)
@@ -263,6 +269,22 @@ def _bracket(points: Mapping[float, SearchPoint], lower: float, upper: float) ->
 
 # -- points a sweep already holds -----------------------------------------------
 
+def _complete_points(sweep_dir: Path) -> Iterator[tuple[dict[str, Any], float, dict[str, Any], Path]]:
+    """(settings of ``point.json`` but the threshold, the threshold, ``metrics.json``, run dir) of each complete point.
+
+    Complete: both files readable, a threshold in ``point.json``, ``metrics.json`` status ok.
+    """
+    for point_file in sorted(Path(sweep_dir).glob("*/point.json")):
+        try:
+            point = json.loads(point_file.read_text())
+            metrics = json.loads((point_file.parent / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(point, dict) and "threshold" in point and metrics.get("status") == "ok":
+            settings = {k: v for k, v in point.items() if k != "threshold"}
+            yield settings, float(point["threshold"]), metrics, point_file.parent
+
+
 def reusable_points(sweep_dir: Path, fingerprint: Mapping[str, Any], budget: Budget) -> list[SearchPoint]:
     """The complete points under ``sweep_dir`` computed with ``fingerprint``'s settings but any threshold.
 
@@ -271,21 +293,8 @@ def reusable_points(sweep_dir: Path, fingerprint: Mapping[str, Any], budget: Bud
     settings in ``point.json``) is read, never run again.
     """
     wanted = {k: v for k, v in json.loads(json.dumps(fingerprint)).items() if k != "threshold"}
-    found = []
-    for point_file in sorted(Path(sweep_dir).glob("*/point.json")):
-        run_dir = point_file.parent
-        try:
-            point = json.loads(point_file.read_text())
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(point, dict) or {k: v for k, v in point.items() if k != "threshold"} != wanted:
-            continue
-        if metrics.get("status") != "ok" or "threshold" not in point:
-            continue
-        found.append(point_from_metrics(float(point["threshold"]), metrics, budget, "reused", str(run_dir)))
-    return found
-
+    return [point_from_metrics(threshold, metrics, budget, "reused", str(run_dir))
+            for settings, threshold, metrics, run_dir in _complete_points(sweep_dir) if settings == wanted]
 
 
 # -- a search replayed against a grid sweep ---------------------------------------
@@ -297,19 +306,11 @@ def sweep_settings_groups(sweep_dir: Path, budget: Budget) -> list[tuple[dict[st
     points), largest group first.
     """
     groups: dict[str, tuple[dict[str, Any], list[SearchPoint]]] = {}
-    for point_file in sorted(Path(sweep_dir).glob("*/point.json")):
+    for settings, threshold, metrics, run_dir in _complete_points(sweep_dir):
         try:
-            point = json.loads(point_file.read_text())
-            metrics = json.loads((point_file.parent / "metrics.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(point, dict) or "threshold" not in point or metrics.get("status") != "ok":
-            continue
-        try:
-            found = point_from_metrics(float(point["threshold"]), metrics, budget, "grid", str(point_file.parent))
+            found = point_from_metrics(threshold, metrics, budget, "grid", str(run_dir))
         except ConfigError:  # not evaluated with the budget's metric (eval=none, a WER-only backend): not a grid point
             continue
-        settings = {k: v for k, v in point.items() if k != "threshold"}
         groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))[1].append(found)
     return sorted(groups.values(), key=lambda g: -len(g[1]))
 

@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kprune.errors import KpruneError  # noqa: E402
-from kprune.search import Budget, crossings, largest_within, replay_search, sweep_settings_groups  # noqa: E402
+from kprune.search import (Budget, budget_in_errors, crossings, largest_within, replay_search,  # noqa: E402
+                           sweep_settings_groups)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{budget.describe()} ({baseline:.2f} -> at most {budget.limit(baseline):.2f})")
         print("  " + "  ".join(f"{p.threshold:g}:{p.value:.2f}{'' if p.within else '*'}"
                                for p in sorted(points, key=lambda p: p.threshold)) + "   (* over)")
-        tokens = next((p.tokens for p in points if p.tokens), None)
-        if tokens:
-            print(f"budget: {(budget.limit(baseline) - baseline) / 100 * tokens:.1f} errors of the test set's "
-                  f"{tokens} reference tokens")
+        errors = budget_in_errors(budget, points)
+        if errors is not None:
+            print(f"budget: {errors[0]:.1f} errors of the test set's {errors[1]} reference tokens")
         grid = largest_within(points, args.lower)
         cross = crossings(points)
         print(f"grid answer: {'none' if grid is None else f'{grid.threshold:g} ({args.metric} {grid.value:.2f})'}; "

@@ -140,11 +140,11 @@ class KpruneSearchSweeper(Sweeper):
         return fixed
 
     def _settings(self, fixed: list[str]):
-        from kprune.app import _plain, point_settings
+        from kprune.app import point_settings
         from kprune.plugins import import_plugins
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [*fixed, "threshold=0"])
-        import_plugins(_plain(cfg.get("plugins")))
+        import_plugins(cfg.get("plugins"))
         if cfg.eval.get("name", "none") == "none":
             raise ValueError("the search needs an evaluation: eval=vosk, eval=torch or eval=kaldi")
         return point_settings(cfg, Path.cwd())  # the sweeper runs where kprune was started
