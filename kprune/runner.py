@@ -17,6 +17,7 @@ and a ``metrics.json`` with ``"status": "failed"``; a sweep goes on.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import io
 import json
@@ -271,6 +272,8 @@ def _run_locked(settings: PointSettings, run_dir: Path, evaluator: Callable[[], 
         method_config, repair = settings.method_config(), settings.repair_config()
         metrics["recipe"] = recipe_label(method_config, repair)
         calib = settings.calibration()
+        if calib is not None and settings.evaluates:
+            check_scored_audio(settings.eval, calib)
         features = (lambda: _calibration_features(calib, loaded, device)) if calib is not None else None
         allocation = _allocate(settings, loaded, method_config, threshold, calib, device, run_dir)
         result, stats = prune(loaded, method_config, threshold, settings.layers, settings.exclude, device,
@@ -338,6 +341,34 @@ def _allocate(settings: PointSettings, loaded: LoadedModel, method: MethodConfig
     allocation = allocate_for_point(loaded, method, calib, selected, threshold, config, device)
     write_json(run_dir / ALLOCATION, {"allocation": config.describe(), **allocation.to_dict()})
     return allocation
+
+
+def check_scored_audio(evaluation: Mapping[str, Any], calib) -> None:
+    """Refuses a point that would score on its own calibration audio (``eval.data`` sharing a recording
+    with ``calib.data``, compared by the digest of the samples)."""
+    if not evaluation.get("data") or calib.data is None:
+        return
+    from kprune.evaluate.base import absolute_path
+
+    scored = absolute_path(evaluation["data"])
+    _check_disjoint(str(scored), _mtime(scored / "wav.scp"), str(calib.data), _mtime(calib.data / "wav.scp"),
+                    bool(evaluation.get("allow_pipes", True)))
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _check_disjoint(scored: str, scored_mtime, calib: str, calib_mtime, allow_pipes: bool) -> None:
+    """Once per process and pair of data directories (as they are now): the audio check of a sweep."""
+    from kprune.data.datadir import check_no_shared_audio, read_data_dir
+
+    check_no_shared_audio(read_data_dir(Path(scored), transcripts=False, key="eval.data"),
+                          read_data_dir(Path(calib), transcripts=False, key="calib.data"), allow_pipes=allow_pipes)
 
 
 def _calibration_features(calib, loaded: LoadedModel, device: torch.device):
@@ -443,9 +474,14 @@ def format_summary(metrics: Mapping[str, Any], sparsity_doc: Mapping[str, Any] |
            _pct(metrics.get("sparsity")), _pct(metrics.get("sparsity_selected")), _pct(metrics.get("removed_energy"))]
     for key in ("wer", "cer"):
         if metrics.get(key) is not None:
-            head.append(f"{key.upper()} %")
-            delta = metrics.get(f"{key}_delta_abs")
-            row.append(_pct(metrics[key]) + (f" ({delta:+.2f})" if delta is not None else ""))
+            level = (metrics.get("bootstrap") or {}).get("level", 0.95)
+            head.append(f"{key.upper()} % [{level:.0%} CI] (change [CI])" if metrics.get(f"{key}_ci")
+                        else f"{key.upper()} %")
+            row.append(_pct(metrics[key]) + _interval(metrics.get(f"{key}_ci"))
+                       + _change(metrics.get(f"{key}_delta_abs"), metrics.get(f"{key}_delta_ci")))
+    if metrics.get("cer_to_dense") is not None:
+        head.append("CER to dense %")
+        row.append(_pct(metrics["cer_to_dense"]) + _interval(metrics.get("cer_to_dense_ci")))
     if metrics.get("status") == "failed":
         head.append("status")
         row.append(f"FAILED: {metrics.get('error', '')}"[:100])
@@ -465,6 +501,21 @@ def format_summary(metrics: Mapping[str, Any], sparsity_doc: Mapping[str, Any] |
 
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}"
+
+
+def _interval(bounds: Any, signed: bool = False) -> str:
+    """`` [9.66, 15.34]`` (empty without an interval)."""
+    if not bounds:
+        return ""
+    low, high = bounds
+    return f" [{low:+.2f}, {high:+.2f}]" if signed else f" [{low:.2f}, {high:.2f}]"
+
+
+def _change(delta: Any, bounds: Any) -> str:
+    """`` (+0.57 [-1.70, +2.84])``: the change from the baseline and its paired interval."""
+    if delta is None:
+        return ""
+    return f" ({delta:+.2f}{_interval(bounds, signed=True)})"
 
 
 def _columns(rows: list[list[str]]) -> list[str]:

@@ -487,3 +487,48 @@ def _adapt_rate(
         f.write(out)
     log.debug("%s: resampled %d -> %d Hz", where, item.rate, features.rate)
     return AudioItem(item.utt_id, store, offset, len(out), features.rate), out
+
+
+# --------------------------------------------------------------------------- shared audio
+
+
+def recording_digests(data: DataDir, allow_pipes: bool = True) -> dict[str, str]:
+    """Recording id -> digest of its samples (the WAV data, not the header), for every recording used.
+
+    Two data directories that hold the same audio, under other names, in other
+    files or with other headers, give the same digest for it.
+    """
+    import shutil
+    import tempfile
+
+    used = dict.fromkeys(seg.recording for seg in data.segments.values())
+    out = {}
+    staging = Path(tempfile.mkdtemp(prefix="kprune-digest-"))
+    try:
+        for recording in used:
+            rec = _Recording(recording, data.wav_source(recording), data.path, staging, allow_pipes)
+            digest = hashlib.blake2b(digest_size=20)
+            left = rec.info.data_bytes
+            with open(rec.path, "rb") as f:
+                f.seek(rec.info.data_offset)
+                while left > 0:
+                    block = f.read(min(left, 1 << 20))
+                    if not block:
+                        break
+                    digest.update(block)
+                    left -= len(block)
+            out[recording] = digest.hexdigest()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # made here, holds only command output
+    return out
+
+
+def check_no_shared_audio(scored: DataDir, calibration: DataDir, *, allow_pipes: bool = True) -> None:
+    """Refuses to score on calibration audio: raises if the two data directories share any recording's samples."""
+    calib = {d: r for r, d in recording_digests(calibration, allow_pipes).items()}
+    for recording, digest in recording_digests(scored, allow_pipes).items():
+        if digest in calib:
+            raise EvaluationError(
+                f"eval.data {scored.path} and calib.data {calibration.path} share audio: recording {recording} "
+                f"of eval.data is {calib[digest]} of calib.data; never score on the calibration audio "
+                "(use disjoint data directories)")

@@ -29,8 +29,11 @@ settings)::
 
 :class:`Evaluator` supplies ``baseline()`` (decoded once, cached on disk under
 ``eval.cache_dir`` by a hash of ``cache_key()``, written atomically),
-``evaluate()`` (adds the baseline and the absolute and relative deltas) and
-``close()``.  Backends that produce hypotheses score them with
+``evaluate()`` (adds the baseline, the absolute and relative deltas, and,
+from the backend's per-utterance counts, bootstrap intervals and the rates
+against the dense model's decode: :mod:`kprune.evaluate.bootstrap`) and
+``close()``.  ``eval.bootstrap`` (``+eval.bootstrap.seed=1``; any backend)
+sets how the intervals are drawn.  Backends that produce hypotheses score them with
 :mod:`kprune.evaluate.scoring` after :mod:`kprune.evaluate.normalize`, so every
 backend counts errors the same way.
 
@@ -52,6 +55,7 @@ from typing import Any
 
 from kprune.errors import ConfigError, EvaluationError
 from kprune.evaluate.base import Evaluator, config_dict, register_evaluator, registered_evaluators
+from kprune.evaluate.bootstrap import BootstrapConfig
 from kprune.evaluate import kaldi_backend as _kaldi_backend  # noqa: F401  (registers "kaldi")
 from kprune.evaluate import vosk_backend as _vosk_backend  # noqa: F401  (registers "vosk")
 
@@ -123,6 +127,8 @@ def build_evaluator(cfg: Any, model_path: Path) -> Evaluator | None:
     identity = json.dumps([str(Path(model_path).resolve()), settings], sort_keys=True, default=str)
     if _last is not None and _last[0] == identity:
         return _last[1]
+    bootstrap = BootstrapConfig.from_config(settings.pop("bootstrap", None))  # every backend's, not its own
     evaluator = cls.from_config(settings, Path(model_path))
+    evaluator.bootstrap = bootstrap
     _last = (identity, evaluator)
     return evaluator

@@ -9,9 +9,11 @@ import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 from kprune.errors import ConfigError, EvaluationError
+from kprune.evaluate.bootstrap import (BootstrapConfig, UtteranceCounts, counts_to_json, difference_interval,
+                                       probability_of_improvement, rate_interval)
 from kprune.evaluate.scoring import CorpusScore, format_per_utt, format_per_utt_tsv, score_corpus
 from kprune.fileio import write_atomically, write_json_atomically
 from kprune.locks import locked_cache_entry
@@ -57,7 +59,11 @@ class Evaluator(ABC):
 
     def __init__(self, cache_dir: Path | None):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        #: How intervals are drawn (``eval.bootstrap``, set by :func:`kprune.evaluate.build_evaluator`).
+        self.bootstrap = BootstrapConfig()
         self._baseline: dict[str, Any] | None = None
+        self._baseline_counts: dict[str, UtteranceCounts] = {}
+        self._baseline_hyps: dict[str, list[str]] | None = None
         self._baseline_error: EvaluationError | None = None
         #: How many times this instance decoded the unpruned model (0 on a cache hit).
         self.baseline_decodes = 0
@@ -79,11 +85,22 @@ class Evaluator(ABC):
 
     @abstractmethod
     def _baseline_metrics(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Metrics (at least "wer"; "cer" where known) from a cached record."""
+        """Metrics (at least "wer"; "cer" where known) from a cached record.
+
+        Like :meth:`_evaluate`'s, they may hold ``per_utt`` and ``hyps`` (see there).
+        """
 
     @abstractmethod
     def _evaluate(self, model: Path, out_dir: Path) -> dict[str, Any]:
-        """Decode and score ``model``, write the outputs into ``out_dir``."""
+        """Decode and score ``model``, write the outputs into ``out_dir``.
+
+        Besides the rates, a backend returns what it knows per utterance:
+        ``per_utt`` (measure name -> :class:`UtteranceCounts`, e.g. ``cer``
+        and ``wer``), from which the intervals are drawn, and ``hyps``
+        (utterance -> normalised words), from which the rates against the
+        dense model's own decode are scored.  Both are taken out of the metrics
+        by :meth:`evaluate`; ``per_utt`` is written back as plain counts.
+        """
 
     # ------------------------------------------------------------ public API
 
@@ -110,8 +127,15 @@ class Evaluator(ABC):
                     record = self._decode_baseline_into(path, key)
         else:
             log.info("baseline read from %s", path)
-        self._baseline = self._baseline_metrics(record)
-        self._baseline["cache_file"] = str(path)
+        baseline = self._baseline_metrics(record)
+        self._baseline_counts = baseline.pop("per_utt", None) or {}
+        self._baseline_hyps = baseline.pop("hyps", None)
+        for measure, counts in self._baseline_counts.items():
+            baseline[f"{measure}_ci"] = list(rate_interval(counts, self.bootstrap))
+        if self._baseline_counts:
+            baseline["per_utt"] = counts_to_json(self._baseline_counts)
+        baseline["cache_file"] = str(path)
+        self._baseline = baseline
         return self._baseline
 
     def _decode_baseline_into(self, path: Path, key: dict[str, Any]) -> dict[str, Any]:
@@ -130,8 +154,14 @@ class Evaluator(ABC):
 
         Returns the metrics of ``metrics.json``: "wer" and "cer" (%), the
         reports, "baseline" {"wer", "cer"}, the absolute (percentage points) and
-        relative (%) deltas, and timings.  Raises :class:`EvaluationError` when
-        the decode fails or runs past the timeout.
+        relative (%) deltas, and timings.  Where the backend counted errors per
+        utterance, also each rate's bootstrap interval (``cer_ci``), the paired
+        interval of its change from the baseline (``cer_delta_ci``), the
+        probability that the pruned model is better (``cer_p_improvement``),
+        the rates against the dense model's own decode (``cer_to_dense``,
+        ``wer_to_dense``, with intervals) and the counts themselves
+        (``per_utt``).  Raises :class:`EvaluationError` when the decode fails or
+        runs past the timeout.
         """
         pruned_model = Path(pruned_model).resolve()
         if not pruned_model.is_file():
@@ -142,12 +172,50 @@ class Evaluator(ABC):
         start = time.perf_counter()
         metrics = self._evaluate(pruned_model, out_dir)
         metrics["eval_seconds"] = time.perf_counter() - start
-        metrics["baseline"] = {k: base[k] for k in ("wer", "cer") if k in base}
+        counts: dict[str, UtteranceCounts] = metrics.pop("per_utt", None) or {}
+        hyps = metrics.pop("hyps", None)
+        metrics["baseline"] = {k: base[k] for k in ("wer", "cer", "wer_ci", "cer_ci", "per_utt") if k in base}
         for rate in ("wer", "cer"):
             if rate in metrics and rate in base:
                 metrics[f"{rate}_delta_abs"] = metrics[rate] - base[rate]
                 metrics[f"{rate}_delta_rel"] = relative_change(metrics[rate], base[rate])
+        if hyps is not None and self._baseline_hyps is not None:
+            order = next(iter(counts.values())).utts if counts else tuple(hyps)
+            counts.update(self._score_against_dense(hyps, metrics, order))
+        self._add_intervals(metrics, counts)
         return metrics
+
+    def _score_against_dense(self, hyps: Mapping[str, Sequence[str]], metrics: dict[str, Any],
+                             order: Sequence[str]) -> dict[str, UtteranceCounts]:
+        """``wer_to_dense``/``cer_to_dense``: the pruned hypotheses scored with the dense model's as references.
+
+        Needs no transcript, so it measures on any audio how far pruning moved
+        the decode.  A dense decode without a single word gives nothing.  The
+        utterances are scored in ``order`` (then any others), so that their
+        counts pair with the other measures'.
+        """
+        dense = self._baseline_hyps
+        ranked = [u for u in order if u in dense] + [u for u in dense if u not in set(order)]
+        try:
+            score = score_corpus({u: dense[u] for u in ranked}, hyps, where="the dense model's hypotheses")
+        except EvaluationError as e:
+            log.warning("no rate against the dense decode: %s", e)
+            return {}
+        metrics["wer_to_dense"], metrics["cer_to_dense"] = score.wer.rate, score.cer.rate
+        metrics["cer_to_dense_report"] = score.cer.report("CER")
+        return per_utterance_counts(score, suffix="_to_dense")
+
+    def _add_intervals(self, metrics: dict[str, Any], counts: Mapping[str, UtteranceCounts]) -> None:
+        if not counts:
+            return
+        for measure, c in counts.items():
+            metrics[f"{measure}_ci"] = list(rate_interval(c, self.bootstrap))
+            dense = self._baseline_counts.get(measure)
+            if dense is not None and dense.utts == c.utts:
+                metrics[f"{measure}_delta_ci"] = list(difference_interval(c, dense, self.bootstrap))
+                metrics[f"{measure}_p_improvement"] = probability_of_improvement(dense, c, self.bootstrap)
+        metrics["bootstrap"] = self.bootstrap.describe()
+        metrics["per_utt"] = counts_to_json(counts)
 
     def close(self) -> None:
         """Release what the evaluator holds (staging files); it cannot be used after."""
@@ -162,9 +230,35 @@ class Evaluator(ABC):
 class TranscriptScoring:
     """Scoring for backends that produce hypotheses (vosk, torch), written once.
 
-    The backend provides ``self.refs`` (normalised references by utterance),
+    The backend provides ``self.refs`` (normalised references by utterance;
+    None for unlabelled audio, a data directory without ``text``),
     ``self.normalizer`` and ``self.data`` (the :class:`~kprune.data.datadir.DataDir`).
     """
+
+    def _read_references(self) -> None:
+        """``self.refs`` from ``self.data``'s transcripts (None when the data directory has no ``text``)."""
+        if not (self.data.path / "text").is_file():
+            self.refs = None
+            log.warning("%s has no text: only the rates against the dense model's decode are measured", self.data.path)
+            return
+        self.refs = {utt: self.normalizer(text) for utt, text in self.data.text.items()}
+        if not any(self.refs.values()):
+            raise EvaluationError(f"{self.data.path / 'text'}: every transcript is empty after normalisation")
+
+    def _transcript_metrics(self, hyps: Mapping[str, str], out_dir: Path | None = None) -> dict[str, Any]:
+        """The scores of raw hypotheses (none without transcripts), their normalised words (``hyps``),
+        and, with ``out_dir``, the files of :meth:`_write_outputs`."""
+        metrics: dict[str, Any] = {"hyps": self._normalised(hyps), "num_utts": len(self.data.text)}
+        if self.refs is None:
+            if out_dir is not None:
+                write_text_atomic(out_dir / "hyp.txt", "".join(f"{utt} {hyps.get(utt, '')}".rstrip() + "\n"
+                                                               for utt in self.data.text))
+            return metrics
+        score = self._score(hyps)
+        if out_dir is not None:
+            self._write_outputs(out_dir, hyps, score)
+        metrics.update(self._metrics(score))
+        return metrics
 
     def _score(self, hyps: Mapping[str, str]) -> CorpusScore:
         normalised = {utt: self.normalizer(text) for utt, text in hyps.items()}
@@ -178,7 +272,12 @@ class TranscriptScoring:
             "wer_report": score.wer.report("WER"),
             "cer_report": score.cer.report("CER"),
             "num_utts": score.num_utts,
+            "per_utt": per_utterance_counts(score),
         }
+
+    def _normalised(self, hyps: Mapping[str, str]) -> dict[str, list[str]]:
+        """The hypotheses as scored (normalised words), for the rates against the dense decode."""
+        return {utt: list(self.normalizer(text)) for utt, text in hyps.items()}
 
     def _write_outputs(self, out_dir: Path, hyps: Mapping[str, str], score: CorpusScore) -> None:
         """``hyp.txt`` (Kaldi style), ``per_utt``, ``per_utt.tsv`` and ``score.txt``."""
@@ -187,6 +286,17 @@ class TranscriptScoring:
         write_text_atomic(out_dir / "per_utt", format_per_utt(score.utterances))
         write_text_atomic(out_dir / "per_utt.tsv", format_per_utt_tsv(score.utterances))
         write_text_atomic(out_dir / "score.txt", "\n".join(score.report_lines()) + "\n")
+
+
+def per_utterance_counts(score: CorpusScore, suffix: str = "") -> dict[str, UtteranceCounts]:
+    """``wer`` and ``cer`` (plus ``suffix``) errors and reference tokens of every scored utterance."""
+    utts = [u.utt_id for u in score.utterances]
+    out = {}
+    for measure in ("wer", "cer"):
+        alignments = [u.words if measure == "wer" else u.chars for u in score.utterances]
+        out[measure + suffix] = UtteranceCounts.of(utts, [a.counts.errors for a in alignments],
+                                                   [a.counts.ref_len for a in alignments])
+    return out
 
 
 def relative_change(value: float, base: float) -> float | None:

@@ -41,11 +41,13 @@ from kprune.evaluate.base import (
     check_keys,
     file_digest,
     mandatory,
+    per_utterance_counts,
     positive_number,
     register_evaluator,
     write_text_atomic,
 )
-from kprune.evaluate.scoring import ErrorCounts, score_corpus
+from kprune.evaluate.bootstrap import counts_from_json, counts_to_json
+from kprune.evaluate.scoring import CorpusScore, ErrorCounts, score_corpus
 from kprune.evaluate.staging import remove_staged, stage_model_dir
 
 log = logging.getLogger(__name__)
@@ -156,24 +158,58 @@ def _read_kaldi_text(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def _cer_from_scoring(decode_dir: Path, wer: KaldiScore) -> dict[str, Any]:
-    """CER of the best WER's hypotheses, when the recipe scores words only (WSJ does).
+def _best_hypotheses_scored(decode_dir: Path, wer: KaldiScore) -> tuple[CorpusScore, dict[str, list[str]], Path] | None:
+    """The best WER's hypotheses scored again per utterance, as the recipe's scoring saw them.
 
     Scores ``scoring_kaldi/penalty_P/LMWT.txt`` against ``scoring_kaldi/test_filt.txt``
     (both already filtered by the recipe) over the utterances present in the
-    hypotheses, as Kaldi's ``compute-wer --mode=present`` does.  Empty when those
+    hypotheses, as Kaldi's ``compute-wer --mode=present`` does.  None when those
     files are absent.
     """
     refs_path = decode_dir / "scoring_kaldi" / "test_filt.txt"
     hyp_path = _best_hyp_file(decode_dir, wer) if wer.best_file else None
     if hyp_path is None or not refs_path.is_file():
-        return {}
+        return None
     hyps = _read_kaldi_text(hyp_path)
     refs = {utt: words for utt, words in _read_kaldi_text(refs_path).items() if utt in hyps}
     if not refs:
+        return None
+    return score_corpus(refs, hyps, where=str(refs_path)), hyps, hyp_path
+
+
+def _utterance_metrics(decode_dir: Path, wer: KaldiScore, cer: KaldiScore | None) -> dict[str, Any]:
+    """Per-utterance counts (``per_utt``, as JSON), the hypotheses (``hyps``) and, when the
+    recipe scores words only (WSJ does), the CER of the best WER's hypotheses.
+
+    A measure's counts are kept only where they add up to the recipe's own
+    totals (its ``best_wer``, ``best_cer``), so an interval is never drawn
+    around another number than the one reported.
+    """
+    scored = _best_hypotheses_scored(decode_dir, wer)
+    if scored is None:
         return {}
-    counts = score_corpus(refs, hyps, where=str(refs_path)).cer
-    return {"cer": counts.rate, "cer_report": counts.report("CER"), "cer_source": str(hyp_path)}
+    score, hyps, hyp_path = scored
+    counts = per_utterance_counts(score)
+    reported = {"wer": wer.counts, "cer": cer.counts if cer is not None else score.cer}
+    for measure, total in reported.items():
+        c = counts[measure]
+        if (int(c.errors.sum()), int(c.ref_len.sum())) != (total.errors, total.ref_len):
+            log.warning("%s: the per-utterance %s counts (%d / %d) differ from the recipe's (%d / %d); "
+                        "no interval for it", hyp_path, measure.upper(), c.errors.sum(), c.ref_len.sum(),
+                        total.errors, total.ref_len)
+            del counts[measure]
+    out: dict[str, Any] = {"per_utt": counts_to_json(counts), "hyps": hyps}
+    if cer is None:
+        out.update({"cer": score.cer.rate, "cer_report": score.cer.report("CER"), "cer_source": str(hyp_path)})
+    return out
+
+
+def _with_counts(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A decode's record (JSON, as cached) with ``per_utt`` as :class:`UtteranceCounts`."""
+    metrics = dict(record)
+    if "per_utt" in metrics:
+        metrics["per_utt"] = counts_from_json(metrics["per_utt"], "the Kaldi decode's scoring")
+    return metrics
 
 
 def fill_command(template: str, values: Mapping[str, Any]) -> str:
@@ -304,10 +340,10 @@ class KaldiEvaluator(Evaluator):
         return metrics
 
     def _baseline_metrics(self, record: dict[str, Any]) -> dict[str, Any]:
-        return dict(record)
+        return _with_counts(record)
 
     def _evaluate(self, model: Path, out_dir: Path) -> dict[str, Any]:
-        return self._run(model, out_dir)
+        return _with_counts(self._run(model, out_dir))
 
     # ------------------------------------------------------------ running
 
@@ -350,8 +386,7 @@ class KaldiEvaluator(Evaluator):
         cer = read_best_score(decode_dir, "cer")
         if cer is not None:
             metrics.update({"cer": cer.counts.rate, "cer_report": cer.counts.report("CER")})
-        else:
-            metrics.update(_cer_from_scoring(decode_dir, wer))
+        metrics.update(_utterance_metrics(decode_dir, wer, cer))
         num_utts = _scored_sentences(decode_dir, wer)
         if num_utts is not None:
             metrics["num_utts"] = num_utts

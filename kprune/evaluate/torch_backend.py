@@ -143,16 +143,14 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
                                         model=str(self.model_path))
         self.mfcc_options, self.extractor = self.features.mfcc_options, self.features.extractor
 
-        self.data = datadir.read_data_dir(Path(data_dir))
+        self.data = datadir.read_data_dir(Path(data_dir), transcripts=(Path(data_dir) / "text").is_file())
         feature_conf = self.features.audio_conf()
         from kprune.evaluate.staging import remove_staged
 
         self.work_dir = Path(tempfile.mkdtemp(prefix="kprune-torch-"))
         self._cleanup = weakref.finalize(self, remove_staged, self.work_dir)
         self.audio = datadir.prepare_audio(self.data, feature_conf, self.work_dir / "audio", allow_pipes)
-        self.refs = {utt: self.normalizer(text) for utt, text in self.data.text.items()}
-        if not any(self.refs.values()):
-            raise EvaluationError(f"{self.data.path / 'text'}: every transcript is empty after normalisation")
+        self._read_references()
         start = time.perf_counter()
         self.utts, self.feats, self.num_samples = self.features.mfcc(self.audio)
         self.feature_seconds = time.perf_counter() - start
@@ -237,7 +235,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
             "model": file_digest(self.model_path),
             "model_dir": _signature(self.model_dir, ("conf", "graph", "ivector")),
             "audio": self.audio.digest,
-            "text": file_digest(self.data.path / "text"),
+            "text": file_digest(self.data.path / "text") if self.refs is not None else None,
             "mode": self.mode,
             "result": self.result,
             "ivector_period": self.ivector_period,
@@ -250,7 +248,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         return {"hyps": hyps, **timing}
 
     def _baseline_metrics(self, record: dict[str, Any]) -> dict[str, Any]:
-        metrics = self._metrics(self._score(record["hyps"]))
+        metrics = self._transcript_metrics(record["hyps"])
         metrics.update({k: record[k] for k in ("load_seconds", "decode_seconds", "audio_seconds") if k in record})
         if record.get("audio_seconds"):
             metrics["rtf"] = record["decode_seconds"] / record["audio_seconds"]
@@ -265,10 +263,8 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         load_seconds = time.perf_counter() - start
         hyps, timing, details = self._decode(pruned, model.parent.name or str(model))
         timing["load_seconds"] = load_seconds
-        score = self._score(hyps)
-        self._write_outputs(out_dir, hyps, score)
+        metrics = self._transcript_metrics(hyps, out_dir)
         write_text_atomic(out_dir / "decode.log", self._log_text(model, timing, details))
-        metrics = self._metrics(score)
         metrics.update(timing)
         metrics["rtf"] = timing["decode_seconds"] / timing["audio_seconds"]
         if self.signals:

@@ -101,7 +101,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
 
     SETTINGS = {
         "data", "model_dir", "jobs", "timeout", "cache_dir", "normalize",
-        "isolate", "progress", "chunk_seconds", "dither", "allow_pipes",
+        "isolate", "progress", "chunk_seconds", "dither", "allow_pipes", "signals",
     }
 
     def __init__(
@@ -119,6 +119,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
         chunk_seconds: float = CHUNK_SECONDS,
         dither: float | None = 0.0,
         allow_pipes: bool = True,
+        signals: bool = False,
     ):
         super().__init__(cache_dir)
         self.model_path = Path(model_path).resolve()
@@ -140,13 +141,13 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
         self.features = datadir.read_feature_conf(self.feature_conf)
         self.staged_files = self._staged_files()
 
-        self.data = datadir.read_data_dir(Path(data_dir))
+        self.data = datadir.read_data_dir(Path(data_dir), transcripts=(Path(data_dir) / "text").is_file())
         self.work_dir = Path(tempfile.mkdtemp(prefix="kprune-vosk-"))
         self._cleanup = weakref.finalize(self, remove_staged, self.work_dir)
         self.audio = datadir.prepare_audio(self.data, self.features, self.work_dir / "audio", allow_pipes)
-        self.refs = {utt: self.normalizer(text) for utt, text in self.data.text.items()}
-        if not any(self.refs.values()):
-            raise EvaluationError(f"{self.data.path / 'text'}: every transcript is empty after normalisation")
+        self._read_references()
+        self.signals = signals
+        self._signals: Any = None
         self._stage_count = 0
         log.info(
             "eval=vosk: %d utterances (%.1f s) from %s, model directory %s, %d jobs",
@@ -182,6 +183,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
             chunk_seconds=positive_number(cfg, "chunk_seconds", CHUNK_SECONDS),
             dither=_dither(cfg.get("dither", 0.0)),
             allow_pipes=bool_setting(cfg, "allow_pipes", True),
+            signals=bool_setting(cfg, "signals", False),
         )
 
     def _staged_files(self) -> dict[str, str]:
@@ -223,7 +225,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
             "model": file_digest(self.model_path),
             "model_dir": _tree_signature(self.model_dir, self.model_dir / self.model_slot),
             "audio": self.audio.digest,
-            "text": file_digest(self.data.path / "text"),
+            "text": file_digest(self.data.path / "text") if self.refs is not None else None,
             "chunk_seconds": self.chunk_seconds,
             "dither": self.dither,
             "vosk": vosk_version,
@@ -235,8 +237,7 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
         return {"hyps": hyps, **timing}
 
     def _baseline_metrics(self, record: dict[str, Any]) -> dict[str, Any]:
-        score = self._score(record["hyps"])
-        metrics = self._metrics(score)
+        metrics = self._transcript_metrics(record["hyps"])
         metrics.update({k: record[k] for k in ("load_seconds", "decode_seconds", "audio_seconds") if k in record})
         if record.get("audio_seconds"):
             metrics["rtf"] = record["decode_seconds"] / record["audio_seconds"]
@@ -244,12 +245,21 @@ class VoskEvaluator(TranscriptScoring, Evaluator):
 
     def _evaluate(self, model: Path, out_dir: Path) -> dict[str, Any]:
         hyps, timing = self._decode(model, out_dir / "decode.log", model.parent.name or str(model))
-        score = self._score(hyps)
-        self._write_outputs(out_dir, hyps, score)
-        metrics = self._metrics(score)
+        metrics = self._transcript_metrics(hyps, out_dir)
         metrics.update(timing)
         metrics["rtf"] = timing["decode_seconds"] / timing["audio_seconds"]
+        if self.signals:  # the frame-level companion: the pruned network's outputs against the dense one's
+            metrics.update(self._output_signals(model, out_dir))
         return metrics
+
+    def _output_signals(self, model: Path, out_dir: Path) -> dict[str, Any]:
+        """``kl``, ``argmax_agreement``, ``snr_db`` of ``eval=signals`` on the same audio (built once)."""
+        if self._signals is None:
+            from kprune.evaluate.signals_backend import SignalsEvaluator
+
+            self._signals = SignalsEvaluator(self.model_path, self.data.path, model_dir=self.model_dir,
+                                             cache_dir=self.cache_dir)
+        return self._signals._evaluate(model, out_dir)
 
     def close(self) -> None:
         self._cleanup()
