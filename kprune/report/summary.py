@@ -20,12 +20,13 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kprune.errors import ConfigError, KpruneError, ResultsError
+from kprune.evaluate.bootstrap import UtteranceCounts, counts_from_json
 from kprune.fileio import write_atomically as write_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ TSV_FILE = "summary.tsv"
 MARKDOWN_FILE = "summary.md"
 SPARSITY_PLOT = "sparsity_vs_threshold.png"
 ERROR_PLOT = "error_vs_sparsity.png"
+TO_DENSE_PLOT = "to_dense_vs_sparsity.png"
 PER_LAYER_PLOT = "per_layer.png"
 
 #: Output signals of eval=torch (:mod:`kprune.nnet.signals`): key -> column header.
@@ -47,9 +49,25 @@ SIGNALS = {
 }
 
 
+#: Attribute names that read as None on a run that did not measure them (older code and tests use them).
+_MEASURE_NAME = re.compile(r"(baseline_)?(wer|cer)(_to_dense)?"
+                           r"(_delta_abs|_delta_rel|_ci_low|_ci_high|_delta_ci_low|_delta_ci_high|_p_improvement)?")
+
+
 @dataclass(frozen=True)
 class RunResult:
-    """One run or sweep point, as read from its directory.  Rates are percentages."""
+    """One run or sweep point, as read from its directory.  Rates are percentages.
+
+    ``measures`` holds every number of ``metrics.json`` by its key, an
+    interval ``[low, high]`` as ``<key>_low`` and ``<key>_high``
+    (``cer_ci_low``), and the baseline's as ``baseline_<key>``
+    (``baseline_cer``).  ``rates`` names the error rates among them (``wer``,
+    ``cer``, ``cer_to_dense``): those the baseline has, or that come with a
+    report line or an interval.  Measures also read as attributes
+    (``run.cer``, ``run.baseline_cer``, ``run.kl``; None when not measured).
+    ``per_utt`` and ``baseline_per_utt`` are the per-utterance counts, from
+    which paired comparisons are drawn.
+    """
 
     run_dir: Path
     group: str
@@ -61,22 +79,38 @@ class RunResult:
     sparsity_selected: float | None = None
     removed_energy: float | None = None
     removed_energy_selected: float | None = None
-    wer: float | None = None
-    cer: float | None = None
-    wer_delta_abs: float | None = None
-    wer_delta_rel: float | None = None
-    cer_delta_abs: float | None = None
-    cer_delta_rel: float | None = None
-    baseline_wer: float | None = None
-    baseline_cer: float | None = None
-    kl: float | None = None
-    argmax_agreement: float | None = None
-    snr_db: float | None = None
+    measures: Mapping[str, float] = field(default_factory=dict)
+    rates: tuple[str, ...] = ()
+    per_utt: Mapping[str, UtteranceCounts] = field(default_factory=dict)
+    baseline_per_utt: Mapping[str, UtteranceCounts] = field(default_factory=dict)
     error: str | None = None
 
     @property
     def failed(self) -> bool:
         return self.status == "failed"
+
+    def value(self, key: str) -> float | None:
+        """A measure by its ``metrics.json`` key, None when not measured."""
+        return self.measures.get(key)
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        """The interval ``<key>_ci`` (``cer``, ``cer_delta``), None when not drawn."""
+        low, high = self.measures.get(f"{key}_ci_low"), self.measures.get(f"{key}_ci_high")
+        return None if low is None or high is None else (low, high)
+
+    def __getattr__(self, name: str) -> Any:
+        measures = self.__dict__.get("measures", {})
+        if name in measures:
+            return measures[name]
+        if name in SIGNALS or _MEASURE_NAME.fullmatch(name):
+            return None
+        raise AttributeError(f"{type(self).__name__} has no attribute or measure {name!r}")
+
+
+def rate_label(rate: str) -> str:
+    """How tables and plots name an error rate: ``CER``, ``CER to dense``."""
+    base, _, rest = rate.partition("_")
+    return base.upper() + (" " + rest.replace("_", " ") if rest else "")
 
 
 @dataclass
@@ -134,30 +168,59 @@ def load_run(run_dir: str | os.PathLike, sweep_dir: str | os.PathLike | None = N
     if status == "failed":
         error = _error_text(error_info) if error_info is not None else "failed (no error.json)"
     baseline = metrics.get("baseline") if isinstance(metrics.get("baseline"), dict) else {}
+    lenient = status == "failed"
+    measures = _measures(metrics, source, lenient)
+    measures.update({f"baseline_{k}": v for k, v in _measures(baseline, source, lenient, "baseline.").items()})
+    if isinstance(metrics.get("bootstrap"), dict) and _is_number(metrics["bootstrap"].get("level")):
+        measures["bootstrap_level"] = metrics["bootstrap"]["level"]
+    rates = [k for k in baseline if k in measures] + \
+        [k for k in metrics if k in measures and (f"{k}_report" in metrics or f"{k}_ci" in metrics)]
 
     return RunResult(
         run_dir=run_dir,
         group=str(metrics.get("group") or _default_group(run_dir, sweep_dir)),
         method=str(metrics.get("recipe") or metrics.get("method", "?")),  # "sparsegpt 2:4 +refit" for calibrated runs
-        threshold=_number(metrics.get("threshold"), "threshold", source, status == "failed"),
+        threshold=_number(metrics.get("threshold"), "threshold", source, lenient),
         layers=_layers_text(metrics.get("layers", "all")),
         status=status,
-        sparsity=_number(metrics.get("sparsity"), "sparsity", source, status == "failed"),
-        sparsity_selected=_number(metrics.get("sparsity_selected"), "sparsity_selected", source, status == "failed"),
-        removed_energy=_number(metrics.get("removed_energy"), "removed_energy", source, status == "failed"),
+        sparsity=_number(metrics.get("sparsity"), "sparsity", source, lenient),
+        sparsity_selected=_number(metrics.get("sparsity_selected"), "sparsity_selected", source, lenient),
+        removed_energy=_number(metrics.get("removed_energy"), "removed_energy", source, lenient),
         removed_energy_selected=_number(metrics.get("removed_energy_selected"), "removed_energy_selected", source,
-                                        status == "failed"),
-        wer=_number(metrics.get("wer"), "wer", source, status == "failed"),
-        cer=_number(metrics.get("cer"), "cer", source, status == "failed"),
-        wer_delta_abs=_number(metrics.get("wer_delta_abs"), "wer_delta_abs", source, status == "failed"),
-        wer_delta_rel=_number(metrics.get("wer_delta_rel"), "wer_delta_rel", source, status == "failed"),
-        cer_delta_abs=_number(metrics.get("cer_delta_abs"), "cer_delta_abs", source, status == "failed"),
-        cer_delta_rel=_number(metrics.get("cer_delta_rel"), "cer_delta_rel", source, status == "failed"),
-        baseline_wer=_number(baseline.get("wer"), "baseline.wer", source),
-        baseline_cer=_number(baseline.get("cer"), "baseline.cer", source),
-        **{key: _number(metrics.get(key), key, source, status == "failed") for key in SIGNALS},
+                                        lenient),
+        measures=measures,
+        rates=tuple(dict.fromkeys(rates)),
+        per_utt=counts_from_json(metrics.get("per_utt"), f"{source}: per_utt") if not lenient else {},
+        baseline_per_utt=counts_from_json(baseline.get("per_utt"), f"{source}: baseline") if not lenient else {},
         error=error,
     )
+
+
+#: metrics.json keys that are settings or bookkeeping, not measures.
+_NOT_MEASURES = frozenset({"threshold", "status", "group", "method", "layers", "recipe", "error"})
+
+
+def _measures(doc: Mapping[str, Any], path: Path, lenient: bool, prefix: str = "") -> dict[str, float]:
+    """Every number of ``doc`` by key, and every interval ``[low, high]`` as ``<key>_low``/``<key>_high``."""
+    out: dict[str, float] = {}
+    for key, value in doc.items():
+        if key in _NOT_MEASURES:
+            continue
+        if key.endswith("_ci") and isinstance(value, list):
+            if len(value) != 2 or not all(_is_number(v) for v in value):
+                if lenient:
+                    continue
+                raise ResultsError(f"{path}: expected [low, high] for {prefix}{key!r}, found {value!r}")
+            out[f"{key}_low"], out[f"{key}_high"] = float(value[0]), float(value[1])
+        elif _is_number(value):
+            out[key] = value
+        elif value is not None and (key in SIGNALS or _MEASURE_NAME.fullmatch(key)) and not lenient:
+            raise ResultsError(f"{path}: expected a number for {prefix + key!r}, found {value!r}")
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def collect_runs(sweep_dirs: Sequence[str | os.PathLike]) -> list[RunResult]:
@@ -278,6 +341,17 @@ def _delta(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
 
 
+def _bounds(bounds: tuple[float, float] | None, signed: bool = False) -> str:
+    if bounds is None:
+        return ""
+    return f"[{bounds[0]:+.2f}, {bounds[1]:+.2f}]" if signed else f"[{bounds[0]:.2f}, {bounds[1]:.2f}]"
+
+
+def _rates_of(runs: Sequence[RunResult]) -> list[str]:
+    """The error rates measured by any run, in the order the runs list them."""
+    return list(dict.fromkeys(rate for run in runs for rate in run.rates))
+
+
 def _signal(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
@@ -297,16 +371,20 @@ def table_columns(runs: Sequence[RunResult]) -> list[Column]:
         Column("selected sparse rate (%)", lambda r: _rate(r.sparsity_selected)),
         Column("removed energy (%)", lambda r: _rate(r.removed_energy)),
     ]
-    for measure in ("wer", "cer"):
-        name = measure.upper()
+    level = next((r.measures.get("bootstrap_level") for r in runs if r.measures.get("bootstrap_level")), 0.95)
+    for rate in _rates_of(runs):
+        name = rate_label(rate)
         optional = [
-            (measure, Column(f"{name} (%)", lambda r, m=measure: _rate(getattr(r, m)))),
-            (f"{measure}_delta_abs",
-             Column(f"{name} change (abs)", lambda r, m=measure: _delta(getattr(r, f"{m}_delta_abs")))),
-            (f"{measure}_delta_rel",
-             Column(f"{name} change (rel %)", lambda r, m=measure: _delta(getattr(r, f"{m}_delta_rel")))),
+            (rate, Column(f"{name} (%)", lambda r, m=rate: _rate(r.value(m)))),
+            (f"{rate}_ci_low", Column(f"{name} {level:.0%} CI", lambda r, m=rate: _bounds(r.interval(m)))),
+            (f"{rate}_delta_abs",
+             Column(f"{name} change (abs)", lambda r, m=rate: _delta(r.value(f"{m}_delta_abs")))),
+            (f"{rate}_delta_ci_low", Column(f"{name} change {level:.0%} CI",
+                                            lambda r, m=rate: _bounds(r.interval(f"{m}_delta"), signed=True))),
+            (f"{rate}_delta_rel",
+             Column(f"{name} change (rel %)", lambda r, m=rate: _delta(r.value(f"{m}_delta_rel")))),
         ]
-        columns += [column for key, column in optional if any(getattr(r, key) is not None for r in runs)]
+        columns += [column for key, column in optional if any(r.value(key) is not None for r in runs)]
     for key, header in SIGNALS.items():
         if any(getattr(r, key) is not None for r in runs):
             columns.append(Column(header, lambda r, k=key: _signal(getattr(r, k))))
@@ -346,8 +424,9 @@ def format_markdown(runs: Sequence[RunResult]) -> str:
     if baselines:
         out.append("")
         for (wer, cer), groups in sorted(baselines.items(), key=lambda item: sorted(item[1])):
-            rates = ", ".join(f"{name} {value:.2f} %" for name, value in (("WER", wer), ("CER", cer))
-                              if value is not None)
+            with_ci = next((r for r in runs if (r.baseline_wer, r.baseline_cer) == (wer, cer)), None)
+            rates = ", ".join(f"{name} {value:.2f} %{_baseline_interval(with_ci, name.lower())}"
+                              for name, value in (("WER", wer), ("CER", cer)) if value is not None)
             out.append(f"Unpruned baseline ({', '.join(sorted(groups))}): {rates}.")
     ranking = signal_ranking(runs)
     if ranking:
@@ -357,6 +436,16 @@ def format_markdown(runs: Sequence[RunResult]) -> str:
         out.append(f"How the output signals rank the points by {measure.upper()} (Spearman's rho over {count} "
                    f"points; +1 or -1 is a perfect ranking): {parts}.")
     return "\n".join(out) + "\n"
+
+
+def _baseline_interval(run: RunResult | None, rate: str) -> str:
+    """`` [7.49, 17.58] over 8 utterances`` when the baseline's interval was drawn."""
+    bounds = run.interval(f"baseline_{rate}") if run is not None else None
+    if bounds is None:
+        return ""
+    counts = run.baseline_per_utt.get(rate)
+    size = f" over {len(counts.utts)} utterances, {int(counts.ref_len.sum())} reference tokens" if counts else ""
+    return f" {_bounds(bounds)}{size}"
 
 
 def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
@@ -519,14 +608,28 @@ def plot_sparsity_vs_threshold(runs: Sequence[RunResult]) -> Any | None:
 
 
 def plot_error_vs_sparsity(runs: Sequence[RunResult]) -> Any | None:
-    """CER (else WER) against sparse rate, one line per method, with the unpruned baseline."""
+    """CER (else WER) against sparse rate, one line per method, with the unpruned baseline;
+    each point's bootstrap interval as an error bar, the baseline's as a band."""
     measure = error_measure(runs)
     if measure is None:
         return None
+    return _rate_vs_sparsity(runs, measure, f"{measure.upper()} against sparse rate", baseline=True)
+
+
+def plot_to_dense_vs_sparsity(runs: Sequence[RunResult]) -> Any | None:
+    """CER (else WER) against the dense model's own decode, against sparse rate, with intervals."""
+    for measure in ("cer_to_dense", "wer_to_dense"):
+        if any(r.value(measure) is not None for r in runs):
+            return _rate_vs_sparsity(runs, measure, f"{rate_label(measure)} (no transcripts needed) against "
+                                     "sparse rate", baseline=False)
+    return None
+
+
+def _rate_vs_sparsity(runs: Sequence[RunResult], measure: str, title: str, baseline: bool) -> Any | None:
     series = []
     for s in threshold_sweeps(runs):
-        points = sorted((r.sparsity, getattr(r, measure)) for r in s.runs
-                        if r.sparsity is not None and getattr(r, measure) is not None)
+        points = sorted((r.sparsity, r.value(measure), r.interval(measure)) for r in s.runs
+                        if r.sparsity is not None and r.value(measure) is not None)
         if points:
             series.append((s.label, points))
     if not series:
@@ -534,14 +637,24 @@ def plot_error_vs_sparsity(runs: Sequence[RunResult]) -> Any | None:
     figure = _figure(7, 4.5)
     ax = figure.add_subplot()
     for label, points in series:
-        ax.plot(*zip(*points), marker="o", label=label)
-    baselines = sorted({getattr(r, f"baseline_{measure}") for r in runs} - {None})
-    for value in baselines:
-        ax.axhline(value, color="black", linestyle="--", linewidth=1,
-                   label=f"unpruned baseline ({value:.2f} %)")
+        x, y, bounds = zip(*points)
+        if any(b is not None for b in bounds):
+            err = [[v - b[0] if b else 0.0 for v, b in zip(y, bounds)],
+                   [b[1] - v if b else 0.0 for v, b in zip(y, bounds)]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        else:
+            ax.plot(x, y, marker="o", label=label)
+    if baseline:
+        for value in sorted({r.value(f"baseline_{measure}") for r in runs} - {None}):
+            ax.axhline(value, color="black", linestyle="--", linewidth=1,
+                       label=f"unpruned baseline ({value:.2f} %)")
+            band = next((r.interval(f"baseline_{measure}") for r in runs
+                         if r.value(f"baseline_{measure}") == value and r.interval(f"baseline_{measure}")), None)
+            if band is not None:
+                ax.axhspan(*band, color="black", alpha=0.08, label="baseline's interval")
     ax.set_xlabel("sparse rate over the network (%)")
-    ax.set_ylabel(f"{measure.upper()} (%)")
-    ax.set_title(f"{measure.upper()} against sparse rate")
+    ax.set_ylabel(f"{rate_label(measure)} (%)")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return figure
@@ -632,6 +745,7 @@ def _png(figure: Any) -> bytes:
 PLOTS: dict[str, Callable[[Sequence[RunResult]], Any | None]] = {
     SPARSITY_PLOT: plot_sparsity_vs_threshold,
     ERROR_PLOT: plot_error_vs_sparsity,
+    TO_DENSE_PLOT: plot_to_dense_vs_sparsity,
     PER_LAYER_PLOT: plot_per_layer,
 }
 

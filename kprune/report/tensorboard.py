@@ -14,8 +14,14 @@ What a run holds (every rate is a percentage, 0..100; every value at step 0):
     - ``removed_energy/total`` and ``removed_energy/<layer>``;
     - once evaluated: ``eval/wer``, ``eval/cer``, ``eval/wer_delta_abs``,
       ``eval/wer_delta_rel``, ``eval/cer_delta_abs``, ``eval/cer_delta_rel``,
-      ``eval/baseline_wer``, ``eval/baseline_cer``; with ``eval=torch`` also
-      ``eval/kl``, ``eval/argmax_agreement`` and ``eval/snr_db``;
+      ``eval/baseline_wer``, ``eval/baseline_cer``; with ``eval=torch`` (or
+      ``eval.signals``) also ``eval/kl``, ``eval/argmax_agreement`` and
+      ``eval/snr_db``; the rates against the dense model's decode
+      (``eval/cer_to_dense``, ``eval/wer_to_dense``), the probability that the
+      pruned model is better (``eval/cer_p_improvement``), and every bootstrap
+      interval ``<key>_ci`` of ``metrics.json`` as ``eval/<key>_ci_low`` and
+      ``eval/<key>_ci_high`` (``eval/cer_ci_low``, ``eval/cer_delta_ci_high``,
+      ``eval/baseline_cer_ci_low``);
     - every numeric ``*_seconds`` key of ``metrics.json`` as ``time/<key>``.
 * histograms, per layer (optional, see ``histograms=``)
     - ``weights_before/<layer>``: every weight before pruning;
@@ -75,6 +81,14 @@ HPARAM_METRICS: tuple[str, ...] = (
     "eval/kl",
     "eval/argmax_agreement",
     "eval/snr_db",
+    "eval/cer_ci_low",
+    "eval/cer_ci_high",
+    "eval/cer_delta_ci_low",
+    "eval/cer_delta_ci_high",
+    "eval/cer_p_improvement",
+    "eval/cer_to_dense",
+    "eval/cer_to_dense_ci_low",
+    "eval/cer_to_dense_ci_high",
 )
 
 #: metrics.json key -> scalar tag, for the evaluation results.
@@ -85,7 +99,12 @@ EVAL_SCALARS: dict[str, str] = {
     "wer_delta_rel": "eval/wer_delta_rel",
     "cer_delta_abs": "eval/cer_delta_abs",
     "cer_delta_rel": "eval/cer_delta_rel",
-    # eval=torch: the pruned network's outputs against the dense one's.
+    # the decode against the dense model's own (no transcripts needed), and P(pruned better than dense)
+    "wer_to_dense": "eval/wer_to_dense",
+    "cer_to_dense": "eval/cer_to_dense",
+    "wer_p_improvement": "eval/wer_p_improvement",
+    "cer_p_improvement": "eval/cer_p_improvement",
+    # eval=torch and eval.signals: the pruned network's outputs against the dense one's.
     "kl": "eval/kl",
     "argmax_agreement": "eval/argmax_agreement",
     "snr_db": "eval/snr_db",
@@ -193,14 +212,25 @@ def _write_scalars(
     for key, tag in EVAL_SCALARS.items():
         if _is_number(metrics.get(key)):
             writer.add_scalar(tag, float(metrics[key]), 0)
+    _write_intervals(writer, "eval/", metrics)
     baseline = metrics.get("baseline")
     if isinstance(baseline, Mapping):
         for key in ("wer", "cer"):
             if _is_number(baseline.get(key)):
                 writer.add_scalar(f"eval/baseline_{key}", float(baseline[key]), 0)
+        _write_intervals(writer, "eval/baseline_", baseline)
     for key, value in metrics.items():
         if key.endswith("_seconds") and _is_number(value):
             writer.add_scalar(f"time/{key}", float(value), 0)
+
+
+def _write_intervals(writer: Any, prefix: str, metrics: Mapping[str, Any]) -> None:
+    """Each bootstrap interval ``<key>_ci: [low, high]`` as the scalars ``<key>_ci_low`` and ``<key>_ci_high``."""
+    for key, value in metrics.items():
+        if key.endswith("_ci") and isinstance(value, (list, tuple)) and len(value) == 2 \
+                and all(_is_number(v) for v in value):
+            writer.add_scalar(f"{prefix}{key}_low", float(value[0]), 0)
+            writer.add_scalar(f"{prefix}{key}_high", float(value[1]), 0)
 
 
 def _layer_tag(name: str) -> str:
@@ -340,6 +370,8 @@ SWEEP_RUN_DIR = "_sweep"
 
 #: Point keys drawn as curves against the sparse rate in a summary run.
 SWEEP_SERIES: tuple[str, ...] = ("cer", "wer", "cer_delta_rel", "wer_delta_rel", "cer_delta_abs", "wer_delta_abs",
+                                 "cer_ci_low", "cer_ci_high", "cer_delta_ci_low", "cer_delta_ci_high",
+                                 "cer_to_dense", "cer_to_dense_ci_low", "cer_to_dense_ci_high", "wer_to_dense",
                                  "kl", "argmax_agreement", "snr_db", "removed_energy", "threshold")
 
 

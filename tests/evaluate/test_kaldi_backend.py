@@ -191,3 +191,24 @@ def test_read_best_score_of_an_unscored_dir(tmp_path: Path) -> None:
     (tmp_path / "scoring_kaldi" / "best_wer").write_text("nothing useful\n")
     with pytest.raises(EvaluationError, match="best_wer: expected a line like '%WER"):
         read_best_score(tmp_path)
+
+
+def test_per_utterance_counts_give_intervals_and_the_rate_against_the_dense_decode(recipe: Path,
+                                                                                   tmp_path: Path) -> None:
+    original = recipe / "exp" / "chain" / "tdnn1a" / "final.mdl"
+    ev = KaldiEvaluator.from_config(kaldi_cfg(recipe, tmp_path), original)
+    model = pruned_model(tmp_path, "damage 3\n")
+    metrics = ev.evaluate(model, model.parent)
+    per_utt = metrics["per_utt"]
+    # damage 3: 3 wrong words in each of the 4 utterances (12 / 18), the baseline 1 (4 / 18)
+    assert per_utt["utts"] == ["spk1-001", "spk1-002", "spk2-001", "spk2-002"]
+    assert per_utt["wer"]["errors"] == [3, 3, 3, 3] and sum(per_utt["wer"]["ref_len"]) == 18
+    assert metrics["baseline"]["per_utt"]["wer"]["errors"] == [1, 1, 1, 1]
+    low, high = metrics["wer_ci"]
+    assert low < metrics["wer"] < high
+    low, high = metrics["wer_delta_ci"]  # 2 more wrong words on every utterance: worse on every resample
+    assert 0 < low < metrics["wer_delta_abs"] < high
+    assert metrics["wer_p_improvement"] == 0.0
+    # against the dense decode: the 2 further damaged words of each utterance
+    assert metrics["wer_to_dense"] == pytest.approx(100 * 8 / 18)
+    assert "hyps" not in metrics

@@ -157,7 +157,18 @@ def test_dev_set_decode_scores_and_caches_the_baseline(real_model_path: Path, ko
     metrics = ev.evaluate(point / "final.mdl", point)
     assert metrics["cer"] == base["cer"] and metrics["wer"] == base["wer"]  # decodes repeat exactly
     assert metrics["cer_delta_abs"] == 0.0 and metrics["wer_delta_rel"] == 0.0
-    assert metrics["baseline"] == {"wer": base["wer"], "cer": base["cer"]}
+    assert {k: metrics["baseline"][k] for k in ("wer", "cer")} == {"wer": base["wer"], "cer": base["cer"]}
+    # Intervals: the baseline's and the point's are the same resamples of the same counts; the paired
+    # change of a model from itself is exactly 0, and it never improves on itself.
+    low, high = metrics["cer_ci"]
+    assert low < metrics["cer"] < high and metrics["cer_ci"] == metrics["baseline"]["cer_ci"]
+    assert metrics["cer_delta_ci"] == [0.0, 0.0] and metrics["cer_p_improvement"] == 0.0
+    assert metrics["per_utt"]["utts"] == list(read_data_dir(ko_dev).text)
+    assert sum(metrics["per_utt"]["cer"]["ref_len"]) == 352
+    assert metrics["bootstrap"] == {"replications": 10000, "seed": 0, "level": 0.95, "kind": "percentile"}
+    # Against the dense model's own decode: the same hypotheses, no error.
+    assert metrics["cer_to_dense"] == 0.0 and metrics["wer_to_dense"] == 0.0
+    assert metrics["cer_to_dense_ci"] == [0.0, 0.0]
     assert metrics["cer_report"].startswith("%CER ") and "/ 352," in metrics["cer_report"]
     assert 0 < metrics["rtf"] < 2 and metrics["load_seconds"] > 0
     json.dumps(metrics)  # fit for metrics.json
@@ -246,3 +257,42 @@ def test_other_sample_rates_are_resampled(real_model_path: Path, ko_dev: Path, t
     # everything above 4 kHz, yet is still recognised.
     assert cer["r44100"] <= cer["r16000"] + 5
     assert cer["r16000"] < 20 and cer["r8000"] < 60
+
+
+@pytest.mark.slow
+def test_unlabelled_audio_is_scored_against_the_dense_decode(real_model_path: Path, ko_dev_cut: Path,
+                                                             tmp_path: Path) -> None:
+    """A data directory without text: no CER, but the pruned decode against the dense one, with its interval."""
+    from kprune.model import load_model
+    from kprune.pruning.rules import compute_masks
+
+    (ko_dev_cut / "text").unlink()
+    ev = VoskEvaluator.from_config(vosk_cfg(ko_dev_cut, tmp_path / "cache"), real_model_path)
+    assert "cer" not in ev.baseline() and ev.refs is None
+    model = load_model(real_model_path)
+    names = model.default_layers
+    for name, mask in zip(names, compute_masks("global_pct", [model.layers[n].weight for n in names], 0.55)):
+        model.layers[name].weight.masked_fill_(mask, 0.0)
+    point = tmp_path / "point"
+    point.mkdir()
+    model.save(point / "final.mdl")
+    metrics = ev.evaluate(point / "final.mdl", point)
+    assert "cer" not in metrics and "cer_ci" not in metrics
+    # 55 % of the weights by magnitude wrecks the decode (README: CER 79 % on ko-dev at 53 %).
+    assert metrics["cer_to_dense"] > 20.0
+    low, high = metrics["cer_to_dense_ci"]
+    assert low <= metrics["cer_to_dense"] <= high
+    assert metrics["per_utt"]["utts"] == ["zeroth_104_003_0253-a", "zeroth_104_003_0374-a"]
+    assert [line.split()[0] for line in (point / "hyp.txt").read_text(encoding="utf-8").splitlines()] == \
+        metrics["per_utt"]["utts"]
+
+
+def test_vosk_reports_the_output_signals_when_asked(real_model_path: Path, tone_data_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """eval.signals: KL and argmax agreement of the pruned network beside the decode (here the dense one: 0, 100)."""
+    ev = VoskEvaluator.from_config(vosk_cfg(tone_data_dir, tmp_path / "cache", signals=True), real_model_path)
+    point = tmp_path / "point"
+    point.mkdir()
+    shutil.copy(real_model_path, point / "final.mdl")
+    metrics = ev.evaluate(point / "final.mdl", point)
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-9) and metrics["argmax_agreement"] == 100.0

@@ -437,3 +437,43 @@ def test_output_signals_become_columns_and_are_ranked_against_cer(tmp_path):
     assert format_markdown(runs).splitlines()[-1] == (
         "How the output signals rank the points by CER (Spearman's rho over 4 points; +1 or -1 is a perfect "
         "ranking): output KL +1.00, argmax agreement -1.00, output SNR -1.00.")
+
+
+def _with_intervals(metrics: dict, cer_ci, delta_ci, to_dense, errors) -> dict:
+    """What an evaluation with per-utterance counts adds: intervals, the rate against the dense decode, counts."""
+    utts = ["u1", "u2", "u3"]
+    metrics.update({"cer_ci": cer_ci, "cer_delta_ci": delta_ci, "cer_to_dense": to_dense,
+                    "cer_to_dense_ci": [to_dense / 2, to_dense * 2], "cer_report": "%CER ...",
+                    "bootstrap": {"replications": 100, "seed": 0, "level": 0.9, "kind": "percentile"},
+                    "per_utt": {"utts": utts, "cer": {"errors": errors, "ref_len": [10, 20, 30]}}})
+    metrics["baseline"] = {**metrics["baseline"], "cer_ci": [6.0, 14.0],
+                           "per_utt": {"utts": utts, "cer": {"errors": [1, 2, 3], "ref_len": [10, 20, 30]}}}
+    return metrics
+
+
+def test_intervals_and_the_rate_against_the_dense_decode_are_columns_and_error_bars(tmp_path):
+    pytest.importorskip("matplotlib")
+    sweep = _sweep(tmp_path, "10-00-00", [
+        (_with_intervals(_metrics("g", "sparsegpt", 0.5, "all", 50.0, 50.0, 2.0, 33.0, 10.0),
+                         [7.5, 12.5], [-1.0, 1.5], 3.0, [1, 2, 3]), None),
+        (_with_intervals(_metrics("g", "sparsegpt", 0.7, "all", 70.0, 70.0, 6.0, 40.0, 15.0),
+                         [11.0, 19.0], [2.0, 8.0], 9.0, [2, 3, 4]), None),
+    ])
+    runs = collect_runs([sweep])
+    assert runs[0].interval("cer") == (7.5, 12.5) and runs[0].cer == 10.0 and runs[0].baseline_cer == 9.87
+    assert runs[0].rates == ("wer", "cer", "cer_to_dense")
+    assert runs[1].per_utt["cer"].errors.tolist() == [2, 3, 4]
+    header, rows = table_rows(runs)
+    assert header[header.index("CER (%)"):] == ["CER (%)", "CER 90% CI", "CER change (abs)", "CER change 90% CI",
+                                                "CER change (rel %)", "CER to dense (%)", "CER to dense 90% CI"]
+    assert rows[1][header.index("CER (%)"):] == ["15.00", "[11.00, 19.00]", "+5.13", "[+2.00, +8.00]", "+51.98",
+                                                 "9.00", "[4.50, 18.00]"]
+    assert format_markdown(runs).splitlines()[-1] == (
+        "Unpruned baseline (g): WER 31.58 %, CER 9.87 % [6.00, 14.00] over 3 utterances, 60 reference tokens.")
+    summary = summarize([sweep])
+    assert {p.name for p in summary.written} >= {ERROR_PLOT, "to_dense_vs_sparsity.png"}
+    from kprune.report.summary import plot_error_vs_sparsity
+
+    ax = plot_error_vs_sparsity(runs).axes[0]
+    (bars,) = [c for c in ax.containers]  # one errorbar container: the sweep's points with their intervals
+    assert bars.lines[0].get_ydata().tolist() == [10.0, 15.0]

@@ -286,3 +286,17 @@ def test_bad_bin_count_is_a_config_error(tmp_path, bins):
     with pytest.raises(ConfigError, match=f"histogram bins must be a whole number >= 1, got {bins!r}"):
         _log(tmp_path, bins=bins)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_intervals_and_the_rate_against_the_dense_decode_are_scalars(tmp_path):
+    metrics = _metrics(True)
+    metrics.update({"cer_ci": [3.5, 9.0], "cer_delta_ci": [-0.5, 3.0], "cer_p_improvement": 0.125,
+                    "cer_to_dense": 2.0, "cer_to_dense_ci": [0.5, 4.0]})
+    metrics["baseline"] = {**metrics["baseline"], "cer_ci": [2.0, 8.0]}
+    _log(tmp_path, metrics=metrics)
+    scalars = _scalars(_read(tmp_path))
+    assert {k: v for k, v in scalars.items() if "_ci_" in k or "dense" in k or "improvement" in k} == pytest.approx({
+        "eval/cer_ci_low": 3.5, "eval/cer_ci_high": 9.0, "eval/cer_delta_ci_low": -0.5,
+        "eval/cer_delta_ci_high": 3.0, "eval/cer_p_improvement": 0.125, "eval/cer_to_dense": 2.0,
+        "eval/cer_to_dense_ci_low": 0.5, "eval/cer_to_dense_ci_high": 4.0,
+        "eval/baseline_cer_ci_low": 2.0, "eval/baseline_cer_ci_high": 8.0})
