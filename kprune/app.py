@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from kprune.errors import ConfigError, KpruneError
 from kprune.plugins import import_plugins
 from kprune.rundir import check_can_write_dir, check_run_dir
-from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
+from kprune.runner import PointSettings, run_point
+from kprune.session import load_model_once, resolve_model_path
 
 log = logging.getLogger(__name__)
 #: The configs ship inside the package (``kprune/conf``), so a wheel works anywhere;

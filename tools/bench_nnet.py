@@ -132,7 +132,8 @@ def bench_eval(args) -> dict:
 def bench_signals(args) -> dict:
     from kprune.evaluate import torch_backend
     from kprune.nnet.decode import default_cache_dir
-    from kprune.runner import load_model_once, prune
+    from kprune.runner import prune
+    from kprune.session import load_model_once
 
     model_path = default_model()
     work = Path(tempfile.mkdtemp(prefix="bench-signals-"))

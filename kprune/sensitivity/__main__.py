@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kprune.app import CONF_DIR, _evaluator, _plain
 from kprune.errors import KpruneError
-from kprune.runner import resolve_model_path
+from kprune.session import resolve_model_path
 from kprune.sensitivity.run import SensitivitySettings, run_sensitivity
 
 
