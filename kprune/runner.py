@@ -91,7 +91,7 @@ class PointSettings:
         if not needs_calibration(self.method_config(), self.repair_config()) \
                 and self.allocation_config().name == "uniform":
             return None
-        from kprune.data.features import CalibrationData
+        from kprune.features.pipeline import CalibrationData
 
         return CalibrationData.from_config(self.calib)
 
@@ -119,7 +119,7 @@ def prune(loaded: LoadedModel, method: str | MethodConfig, threshold: float, lay
     """Prunes the selected layers of ``loaded.model`` in place; returns what changed and the statistics.
 
     ``method`` is a rule name or a :class:`MethodConfig`; calibrated rules and
-    ``repair`` need ``features`` (a :class:`~kprune.data.features.FeatureSet`
+    ``repair`` need ``features`` (a :class:`~kprune.features.pipeline.FeatureSet`
     or a function returning one).  Masks are computed on ``device`` and
     returned on the CPU.  Statistics cover the network's prunable layers (the
     ``all`` layers plus the selected), counted against the unpruned weights.

@@ -111,7 +111,7 @@ def resolve_device(name: str) -> torch.device:
 
 def calibration_features(calib, loaded: LoadedModel, device: torch.device):
     """The calibration features of ``calib`` for the loaded model (cached on disk, and in the process)."""
-    from kprune.data.features import load_calibration_features
+    from kprune.features.pipeline import load_calibration_features
 
     key = (calib, loaded.identity["model"])
     if key not in _FEATURES:

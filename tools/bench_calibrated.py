@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kprune.data.features import CalibrationData  # noqa: E402
+from kprune.features.pipeline import CalibrationData  # noqa: E402
 from kprune.pruning.config import MethodConfig, RepairConfig  # noqa: E402
 from kprune.runner import prune  # noqa: E402
 from kprune.session import calibration_features, default_model_path, load_model_once  # noqa: E402

@@ -37,7 +37,7 @@ class SignalsEvaluator(Evaluator):
                  per_frame_ivectors: bool = False):
         super().__init__(cache_dir)
         from kprune.data import datadir
-        from kprune.data.features import FeaturePipeline, feature_model_dir
+        from kprune.features.pipeline import FeaturePipeline, feature_model_dir
         from kprune.evaluate.outputs import OutputComparison
         from kprune.evaluate.staging import remove_staged
         from kprune.nnet.compute import AcousticModel, resolve_device

@@ -112,7 +112,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
                  graph_cache: Path | None = None, signals: bool = True, normalizer: Normalizer | None = None,
                  allow_pipes: bool = True):
         super().__init__(cache_dir)
-        from kprune.data.features import FeaturePipeline
+        from kprune.features.pipeline import FeaturePipeline
         from kprune.features.conf import read_kaldi_conf
         from kprune.nnet.compute import resolve_device
 

@@ -62,7 +62,7 @@ def measure_curves(loaded, method, calib, layers, levels, device: torch.device, 
 
 def run_sensitivity(settings: SensitivitySettings, run_dir: Path, evaluator=None) -> dict:
     """Measures, writes ``sensitivity.csv``, ``sensitivity.png`` and TensorBoard scalars into ``run_dir``."""
-    from kprune.data.features import CalibrationData
+    from kprune.features.pipeline import CalibrationData
     from kprune.pruning.config import MethodConfig
     from kprune.report.tensorboard import log_sensitivity
     from kprune.sensitivity import check_levels
