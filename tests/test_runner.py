@@ -11,7 +11,8 @@ import torch
 from kprune.errors import ConfigError, KaldiFormatError
 from kprune.kaldi.build import build_tdnn
 from kprune.model import load_model
-from kprune.runner import PointSettings, default_model_path, resolve_device, run_point
+from kprune.runner import PointSettings, run_point
+from kprune.session import default_model_path, resolve_device
 
 
 @pytest.fixture

@@ -149,7 +149,8 @@ SEARCH = ("-m", "hydra/sweeper=kprune_search", "model=final.mdl", "method=global
 def synthetic(tmp_path_factory):
     """A small TDNN and the breaking point of its frame error, found by brute force on the 0.01 grid."""
     import frame_error
-    from kprune.runner import load_model_once, prune
+    from kprune.runner import prune
+    from kprune.session import load_model_once
 
     cwd = tmp_path_factory.mktemp("search")
     model = cwd / "final.mdl"

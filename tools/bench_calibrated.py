@@ -35,9 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kprune.data.features import CalibrationData  # noqa: E402
+from kprune.features.pipeline import CalibrationData  # noqa: E402
 from kprune.pruning.config import MethodConfig, RepairConfig  # noqa: E402
-from kprune.runner import _calibration_features, default_model_path, load_model_once, prune  # noqa: E402
+from kprune.runner import prune  # noqa: E402
+from kprune.session import calibration_features, default_model_path, load_model_once  # noqa: E402
 
 RECIPES = [
     ("global_pct", {}, []),
@@ -63,7 +64,7 @@ def main() -> None:
     loaded = load_model_once(default_model_path())
     calib = CalibrationData.from_config({"data": args.calib, "max_seconds": args.max_seconds})
     start = time.perf_counter()
-    features = _calibration_features(calib, loaded, device)
+    features = calibration_features(calib, loaded, device)
     print(f"calibration features: {len(features.utts)} utterances, {features.seconds:.0f} s of audio, "
           f"ready in {time.perf_counter() - start:.1f} s (cached on disk after the first run)")
     print(f"device {device}, torch threads {torch.get_num_threads()}, threshold {args.threshold}\n")

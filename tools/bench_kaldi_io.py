@@ -32,7 +32,7 @@ from benchtime import median_seconds  # noqa: E402
 
 from kprune.kaldi.build import build_tdnn  # noqa: E402
 from kprune.model import load_model  # noqa: E402
-from kprune.runner import default_model_path  # noqa: E402
+from kprune.session import default_model_path  # noqa: E402
 
 
 def peak_bytes(fn) -> int:

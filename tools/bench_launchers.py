@@ -7,7 +7,7 @@ Both sweeps decode the same points (``eval=vosk``, ``global_pct``) into
 fresh sweep directories.  The baseline decode is cached first, so neither run
 pays for it.  The sequential run gives each point every core
 (``eval.jobs=0``); the parallel run gives each of ``--workers`` processes
-``cores / workers`` decoding threads, as the README advises.  The CER of every
+``cores / workers`` decoding threads, as docs/sweeps.md advises.  The CER of every
 point must be the same in both.
 
 It also reports the CPU time of each sweep (its processes' user + system

@@ -92,7 +92,7 @@ def bench_forward(args) -> dict:
 def bench_eval(args) -> dict:
     from kprune.evaluate import build_evaluator
     from kprune.evaluate import torch_backend  # noqa: F401  (registers eval=torch)
-    from kprune.nnet.decode import default_cache_dir
+    from kprune.decode.decoder import default_cache_dir
 
     model = default_model()
     work = Path(tempfile.mkdtemp(prefix="bench-nnet-"))
@@ -131,8 +131,9 @@ def bench_eval(args) -> dict:
 
 def bench_signals(args) -> dict:
     from kprune.evaluate import torch_backend
-    from kprune.nnet.decode import default_cache_dir
-    from kprune.runner import load_model_once, prune
+    from kprune.decode.decoder import default_cache_dir
+    from kprune.runner import prune
+    from kprune.session import load_model_once
 
     model_path = default_model()
     work = Path(tempfile.mkdtemp(prefix="bench-signals-"))

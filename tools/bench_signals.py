@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kprune.evaluate import build_evaluator  # noqa: E402
-from kprune.runner import default_model_path, load_model_once, prune  # noqa: E402
+from kprune.runner import prune  # noqa: E402
+from kprune.session import default_model_path, load_model_once  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

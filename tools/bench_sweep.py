@@ -39,7 +39,8 @@ from benchtime import median_seconds  # noqa: E402
 
 from kprune.kaldi.build import build_tdnn  # noqa: E402
 from kprune.pruning.rules import compute_masks  # noqa: E402
-from kprune.runner import default_model_path, load_model_once, prune  # noqa: E402
+from kprune.runner import prune  # noqa: E402
+from kprune.session import default_model_path, load_model_once  # noqa: E402
 
 # Thresholds giving about 15 % sparsity on both models, and 60-point ranges.
 RULES = {

@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kprune.evaluate import build_evaluator  # noqa: E402
-from kprune.nnet.decode import default_cache_dir  # noqa: E402
-from kprune.runner import load_model_once, prune  # noqa: E402
+from kprune.decode.decoder import default_cache_dir  # noqa: E402
+from kprune.runner import prune  # noqa: E402
+from kprune.session import load_model_once  # noqa: E402
 
 
 def default_model() -> Path:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kprune.evaluate import build_evaluator  # noqa: E402
 from kprune.report.summary import spearman_rho  # noqa: E402
-from kprune.runner import default_model_path  # noqa: E402
+from kprune.session import default_model_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNALS = ("kl", "argmax_agreement", "snr_db")

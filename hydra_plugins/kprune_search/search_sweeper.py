@@ -96,7 +96,7 @@ class KpruneSearchSweeper(Sweeper):
 
         settings = self._settings(fixed)
         upper = self._upper(settings)
-        from kprune.runner import model_identity
+        from kprune.session import model_identity
 
         known = reusable_points(sweep_dir, settings.fingerprint(model_identity(settings.model)), self.budget)
         if known:

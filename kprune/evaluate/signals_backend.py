@@ -37,7 +37,7 @@ class SignalsEvaluator(Evaluator):
                  per_frame_ivectors: bool = False):
         super().__init__(cache_dir)
         from kprune.data import datadir
-        from kprune.data.features import FeaturePipeline, _model_dir
+        from kprune.features.pipeline import FeaturePipeline, feature_model_dir
         from kprune.evaluate.outputs import OutputComparison
         from kprune.evaluate.staging import remove_staged
         from kprune.nnet.compute import AcousticModel, resolve_device
@@ -45,7 +45,7 @@ class SignalsEvaluator(Evaluator):
         self.model_path = Path(model_path).resolve()
         if not self.model_path.is_file():
             raise EvaluationError(f"{self.model_path}: the original model does not exist")
-        self.model_dir = Path(model_dir).resolve() if model_dir else _model_dir(self.model_path)
+        self.model_dir = Path(model_dir).resolve() if model_dir else feature_model_dir(self.model_path)
         self.device = resolve_device(device)
         conf = self.model_dir / "conf" / "model.conf"
         self.model_conf = conf if conf.is_file() else None

@@ -3,7 +3,7 @@
 No Kaldi or Vosk binary runs.  For every point the pruned ``final.mdl`` is
 read into :class:`kprune.nnet.AcousticModel` (CPU or GPU), its log-likelihoods
 are decoded with ``kaldi-decoder`` over the model directory's own graph made
-static (:mod:`kprune.nnet.decode`; a Vosk lookahead graph is composed once and
+static (:mod:`kprune.decode.decoder`; a Vosk lookahead graph is composed once and
 cached), and the hypotheses are scored like every other backend
 (:mod:`kprune.evaluate.normalize`, :mod:`kprune.evaluate.scoring`).
 
@@ -11,7 +11,7 @@ What does not depend on the pruned model is prepared once per evaluator: the
 data directory and its audio, the MFCCs (``conf/mfcc.conf``), the i-vector
 extractor, the graph, the references.  Two modes (``eval.mode``):
 
-* ``vosk`` (default): replays Vosk's online decoding (:mod:`kprune.nnet.streaming`):
+* ``vosk`` (default): replays Vosk's online decoding (:mod:`kprune.decode.streaming`):
   i-vectors per looped chunk, silence weighting from the decoder's best path,
   audio arriving in ``chunk_seconds`` pieces as ``eval=vosk`` feeds it;
 * ``offline``: Kaldi's ``nnet3-latgen-faster`` with online i-vectors: i-vectors
@@ -19,7 +19,7 @@ extractor, the graph, the references.  Two modes (``eval.mode``):
   whole utterances in chunks of 50 frames (faster, and the same for every point).
 
 The words (``eval.result``) are Vosk's minimum-Bayes-risk path over the lattice
-(``mbr``, :mod:`kprune.nnet.lattice`; the default in ``vosk`` mode) or the best
+(``mbr``, :mod:`kprune.decode.lattice`; the default in ``vosk`` mode) or the best
 path (``best_path``, the default in ``offline`` mode).
 
 With ``signals: true`` every point also gets ``kl``, ``argmax_agreement`` and
@@ -112,13 +112,13 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
                  graph_cache: Path | None = None, signals: bool = True, normalizer: Normalizer | None = None,
                  allow_pipes: bool = True):
         super().__init__(cache_dir)
-        from kprune.data.features import FeaturePipeline
+        from kprune.features.pipeline import FeaturePipeline
         from kprune.features.conf import read_kaldi_conf
         from kprune.nnet.compute import resolve_device
 
         if mode not in MODES:
             raise ConfigError(f"eval.mode: expected one of {', '.join(MODES)}, found {mode!r}")
-        from kprune.nnet.decode import RESULTS
+        from kprune.decode.decoder import RESULTS
 
         result = result or ("mbr" if mode == "vosk" else "best_path")
         if result not in RESULTS:
@@ -214,7 +214,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
     def decoder(self):
         """The graph decoder, loaded on first use (composing the static graph if needed)."""
         if self._decoder is None:
-            from kprune.nnet.decode import DecoderOptions, GraphDecoder, static_graph
+            from kprune.decode.decoder import DecoderOptions, GraphDecoder, static_graph
 
             graph = static_graph(self.model_dir / "graph", self.graph_cache or self.cache_dir)
             tm = self.dense.file.transition_model
@@ -290,7 +290,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         start = time.perf_counter()
         deadline = start + self.timeout
         if self.mode == "vosk" and model.ivector_dim:
-            from kprune.nnet.streaming import StreamingOptions, VoskReplay, parse_phone_list
+            from kprune.decode.streaming import StreamingOptions, VoskReplay, parse_phone_list
 
             rate = self.mfcc_options.sample_frequency
             options = StreamingOptions(

@@ -30,7 +30,7 @@ the statistics only for frames whose c0 is above it, and any other frame is
 normalised with what the previous call left (see
 :meth:`OnlineIvectorExtractor.posterior_features`); ``cmn_min_energy=None`` is
 upstream Kaldi.  Silence weighting (frames the decoder currently takes for
-silence count 0.001) comes from :mod:`kprune.nnet.streaming` through
+silence count 0.001) comes from :mod:`kprune.decode.streaming` through
 :meth:`IvectorStream.update_weights`.
 """
 

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from kprune.kaldi.components import (BOOL, F32, F32X2, F64, FLAG, I32, I32X2, IVEC, MAT, VEC, Component, Field,
-                                     OpaqueComponent)
+from kprune.kaldi.components import Component, Field, OpaqueComponent
+from kprune.kaldi.schema import BOOL, F32, F32X2, F64, FLAG, I32, I32X2, IVEC, MAT, VEC
 from kprune.kaldi.io import make_writer
 from kprune.kaldi.nnet3 import Nnet3
 from kprune.kaldi.transition import HmmState, TransitionModel

@@ -8,8 +8,8 @@ type of its value, read the value, until the closing token.  The field order
 is kept, so writing gives back the same layout; the value types are what make
 binary <-> text conversion possible.
 
-Field types are those of ``shared/docs/kaldi-nnet3-format.md`` section 4.
-A component type not listed here is kept as its original bytes (see
+Field types are those of ``shared/docs/kaldi-nnet3-format.md`` section 4,
+listed in :mod:`kprune.kaldi.schema`.  A component type not listed there is kept as its original bytes (see
 :class:`OpaqueComponent`): it passes through a load/save unchanged.
 """
 
@@ -24,64 +24,8 @@ import numpy as np
 
 from kprune.errors import KaldiFormatError
 from kprune.kaldi.io import Reader, Writer
-
-# Value types.
-I32, F32, F64, BOOL, FLAG, IVEC, MAT, VEC, F32X2, I32X2 = (
-    "int32", "float", "double", "bool", "flag", "int-vector", "matrix", "vector", "float-pair", "int-pair")
-
-# The type of each field token, shared by all components ...
-FIELD_TYPES: dict[str, str] = {
-    # UpdatableComponent common header (section 4.1)
-    "<LearningRateFactor>": F32, "<IsGradient>": BOOL, "<MaxChange>": F32,
-    "<L2Regularize>": F32, "<LearningRate>": F32,
-    # weights
-    "<LinearParams>": MAT, "<Params>": MAT, "<BiasParams>": VEC,
-    "<OrthonormalConstraint>": F32, "<NumBlocks>": I32, "<TimeOffsets>": IVEC,
-    # natural-gradient options
-    "<RankIn>": I32, "<RankOut>": I32, "<UpdatePeriod>": I32, "<NumSamplesHistory>": F32,
-    "<Alpha>": F32, "<AlphaInOut>": F32X2, "<RankInOut>": I32X2, "<UseNaturalGradient>": BOOL,
-    "<MaxChangePerSample>": F32, "<UpdateCount>": F64, "<ActiveScalingCount>": F64,
-    "<MaxChangeScaleStats>": F64, "<Rank>": I32,
-    # dimensions
-    "<Dim>": I32, "<InputDim>": I32, "<OutputDim>": I32, "<BlockDim>": I32, "<Sizes>": IVEC,
-    # NonlinearComponent statistics (section 4.2); counts are doubles
-    "<ValueAvg>": VEC, "<DerivAvg>": VEC, "<Count>": F64, "<OderivRms>": VEC,
-    "<OderivCount>": F64, "<NumDimsSelfRepaired>": F64, "<NumDimsProcessed>": F64,
-    "<SelfRepairLowerThreshold>": F32, "<SelfRepairUpperThreshold>": F32, "<SelfRepairScale>": F32,
-    # BatchNorm / Normalize
-    "<Epsilon>": F32, "<TargetRms>": F32, "<TestMode>": BOOL, "<StatsMean>": VEC, "<StatsVar>": VEC,
-    "<AddLogStddev>": BOOL,
-    # dropout
-    "<DropoutProportion>": F32, "<DropoutPerFrame>": BOOL, "<TimePeriod>": I32,
-    "<SpecAugmentMaxProportion>": F32, "<SpecAugmentMaxRegions>": I32, "<Continuous>": FLAG,
-    # misc
-    "<BackpropScale>": F32, "<Scales>": VEC, "<Offsets>": VEC, "<Bias>": VEC,
-}
-
-# ... except where a component gives a token another meaning.
-_OVERRIDES: dict[str, dict[str, str]] = {
-    "GeneralDropoutComponent": {"<TestMode>": FLAG},
-}
-
-# Component types whose weight matrix kprune exposes as a layer, with the
-# token that holds the weight.
-WEIGHT_FIELD: dict[str, str] = {
-    "AffineComponent": "<LinearParams>",
-    "NaturalGradientAffineComponent": "<LinearParams>",
-    "FixedAffineComponent": "<LinearParams>",
-    "BlockAffineComponent": "<LinearParams>",
-    "TdnnComponent": "<LinearParams>",
-    "LinearComponent": "<Params>",
-}
-
-# Component types read field by field.  Anything else is opaque.
-KNOWN_TYPES: frozenset[str] = frozenset(WEIGHT_FIELD) | frozenset({
-    "RectifiedLinearComponent", "SigmoidComponent", "TanhComponent", "SoftmaxComponent",
-    "LogSoftmaxComponent", "BatchNormComponent", "NormalizeComponent", "GeneralDropoutComponent",
-    "DropoutComponent", "NoOpComponent", "PnormComponent", "SumGroupComponent",
-    "ScaleAndOffsetComponent", "ElementwiseProductComponent", "FixedScaleComponent",
-    "FixedBiasComponent",
-})
+from kprune.kaldi.schema import (BOOL, F32, F32X2, F64, FIELD_TYPES, FLAG, I32, I32X2, IVEC, KNOWN_TYPES, MAT,
+                                  VEC, WEIGHT_FIELD, _OVERRIDES, check_schema, check_values)
 
 # Fields holding float arrays that kprune may change; the others are kept as read.
 _MUTABLE = (MAT, VEC)
@@ -294,8 +238,6 @@ def _read_opaque(r: Reader, name: str, ctype: str, start: int) -> OpaqueComponen
 
 def check_component(r: Reader, comp: Component) -> None:
     """Checks what Kaldi would check on read, plus finite weights."""
-    from kprune.kaldi.check import check_schema, check_values
-
     check_schema(r, comp)
     _check_weights(r, comp)
     check_values(r, comp)

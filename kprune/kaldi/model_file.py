@@ -19,7 +19,8 @@ from pathlib import Path
 from kprune.errors import KaldiFormatError
 from kprune.fileio import write_atomically
 from kprune.kaldi.check import check_transition_model
-from kprune.kaldi.components import VEC, Component, Field, fingerprint, write_value
+from kprune.kaldi.components import Component, Field, fingerprint, write_value
+from kprune.kaldi.schema import VEC
 from kprune.kaldi.io import BINARY_HEADER, Reader, make_reader, make_writer
 from kprune.kaldi.nnet3 import Nnet3, read_nnet3
 from kprune.kaldi.transition import TransitionModel, read_transition_model

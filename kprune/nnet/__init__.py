@@ -1,4 +1,4 @@
-"""Run Kaldi nnet3 acoustic models in PyTorch (CPU or GPU), in test mode, and decode from them.
+"""Run Kaldi nnet3 acoustic models in PyTorch (CPU or GPU), in test mode.
 
 >>> from kprune.nnet import AcousticModel
 >>> am = AcousticModel.load("model/am/final.mdl")           # reads model/conf/model.conf if there
@@ -9,9 +9,9 @@
   context, frame subsampling) and evaluated batch-wise, optionally looped;
 * :mod:`kprune.nnet.compute`: whole utterances as Kaldi's simple decodable computes them
   (edge padding, subsampling, priors, chunking, batching, devices);
-* :mod:`kprune.nnet.decode`: Kaldi's decoder (``kaldi-decoder``) over the model's static graph;
-* :mod:`kprune.nnet.streaming`: Vosk's online decoding replayed with the torch network;
 * :mod:`kprune.nnet.signals`: KL, argmax agreement and SNR of a pruned model's outputs.
+
+Decoding from the outputs is :mod:`kprune.decode`.
 """
 
 from kprune.nnet.compute import AcousticModel, Segment, resolve_device

@@ -3,7 +3,7 @@
 :func:`prune_model` is the one entry point.  A weight-only rule without
 repairs needs no data: its masks are applied to the weights.  Everything else
 runs the network in torch (:class:`kprune.nnet.AcousticModel`) on the
-calibration :class:`~kprune.data.features.FeatureSet`, all of it as one
+calibration :class:`~kprune.features.pipeline.FeatureSet`, all of it as one
 batch, and works where each component's input appears
 (:meth:`AcousticModel.compute_observed`):
 
@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from kprune.data.features import FeatureSet
+from kprune.features.pipeline import FeatureSet
 from kprune.errors import ConfigError
 from kprune.model import Model, ModelState
 from kprune.pruning.calibrated import LayerPruning

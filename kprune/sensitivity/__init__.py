@@ -7,7 +7,7 @@ Writing the CSV, the heat map and TensorBoard is separate
 (:mod:`kprune.sensitivity.report`).
 
 :class:`LayerSensitivity` is the ``measure`` for a loaded model, a rule and a
-:class:`~kprune.data.features.FeatureSet` (the calibration data): the
+:class:`~kprune.features.pipeline.FeatureSet` (the calibration data): the
 network's outputs with the pruned layer against the dense ones (``kl``,
 ``argmax_agreement``, ``snr_db``, :mod:`kprune.nnet.signals`), computed from
 that layer on (:class:`~kprune.sensitivity.forward.LayerReplay`).  Weight-only

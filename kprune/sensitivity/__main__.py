@@ -13,9 +13,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from kprune.app import CONF_DIR, _evaluator, _plain
+from kprune.cli import CONF_DIR, evaluator_for, to_plain
 from kprune.errors import KpruneError
-from kprune.runner import resolve_model_path
+from kprune.session import resolve_model_path
 from kprune.sensitivity.run import SensitivitySettings, run_sensitivity
 
 
@@ -23,11 +23,12 @@ from kprune.sensitivity.run import SensitivitySettings, run_sensitivity
 def main(cfg: DictConfig) -> None:
     try:
         model = resolve_model_path(cfg.model, Path(hydra.utils.get_original_cwd()))
-        method = _plain(cfg.method) if OmegaConf.is_config(cfg.method) else {"name": str(cfg.method)}
-        settings = SensitivitySettings(model=model, method=method, calib=_plain(cfg.calib), levels=_plain(cfg.levels),
-                                       layers=_plain(cfg.layers), exclude=_plain(cfg.exclude),
+        method = to_plain(cfg.method) if OmegaConf.is_config(cfg.method) else {"name": str(cfg.method)}
+        settings = SensitivitySettings(model=model, method=method, calib=to_plain(cfg.calib),
+                                       levels=to_plain(cfg.levels), layers=to_plain(cfg.layers),
+                                       exclude=to_plain(cfg.exclude),
                                        max_seconds=cfg.max_seconds, device=str(cfg.device), signal=str(cfg.signal))
-        run_sensitivity(settings, Path(HydraConfig.get().runtime.output_dir), evaluator=_evaluator(cfg, model))
+        run_sensitivity(settings, Path(HydraConfig.get().runtime.output_dir), evaluator=evaluator_for(cfg, model))
     except KpruneError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

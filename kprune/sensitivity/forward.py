@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from kprune.data.features import FeatureSet
+from kprune.features.pipeline import FeatureSet
 
 log = logging.getLogger(__name__)
 

@@ -38,12 +38,12 @@ class SensitivitySettings:
 def measure_curves(loaded, method, calib, layers, levels, device: torch.device, max_seconds: float | None,
                    also: Callable[[], Mapping[str, Any]] | None = None, progress=None):
     """``{layer: {level: metrics}}`` on the calibration data (its first ``max_seconds``), pruning one layer at a time."""
-    from kprune.runner import _calibration_features
     from kprune.sensitivity import LayerSensitivity, sensitivity_analysis
+    from kprune.session import calibration_features
 
     from kprune.evaluate.outputs import single_cpu_thread
 
-    features = _calibration_features(calib, loaded, device)
+    features = calibration_features(calib, loaded, device)
     if max_seconds is not None:
         features = features.limited(max_seconds)
     start = time.perf_counter()
@@ -62,12 +62,12 @@ def measure_curves(loaded, method, calib, layers, levels, device: torch.device, 
 
 def run_sensitivity(settings: SensitivitySettings, run_dir: Path, evaluator=None) -> dict:
     """Measures, writes ``sensitivity.csv``, ``sensitivity.png`` and TensorBoard scalars into ``run_dir``."""
-    from kprune.data.features import CalibrationData
+    from kprune.features.pipeline import CalibrationData
     from kprune.pruning.config import MethodConfig
     from kprune.report.tensorboard import log_sensitivity
-    from kprune.runner import load_model_once, resolve_device
     from kprune.sensitivity import check_levels
     from kprune.sensitivity.report import CSV, PLOT, plot_heatmap, write_csv
+    from kprune.session import load_model_once, resolve_device
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def _set_fields(comp, fields: list) -> Callable[[], None]:
 
 
 def component_mutations(model) -> Iterator[Mutation]:
-    from kprune.kaldi.components import FIELD_TYPES
+    from kprune.kaldi.schema import FIELD_TYPES
 
     # For renames: tokens of each value type.
     by_type: dict[str, list[str]] = {}

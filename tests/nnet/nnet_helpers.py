@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kprune.kaldi.components import BOOL, F32, F64, FLAG, I32, IVEC, MAT, VEC, Component, Field
+from kprune.kaldi.components import Component, Field
+from kprune.kaldi.schema import BOOL, F32, F64, FLAG, I32, IVEC, MAT, VEC
 from kprune.kaldi.nnet3 import Nnet3
 
 _KINDS = {MAT: "FM", VEC: "FV"}

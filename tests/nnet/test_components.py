@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from kprune.errors import KaldiFormatError
-from kprune.kaldi.components import F32, I32, IVEC, MAT, VEC, Component, OpaqueComponent
+from kprune.kaldi.components import Component, OpaqueComponent
 from kprune.nnet.components import NORMALIZE_FLOOR, SCALE_EPSILON, make_op, supported_types
-from kprune.kaldi.components import KNOWN_TYPES
+from kprune.kaldi.schema import F32, I32, IVEC, KNOWN_TYPES, MAT, VEC
 from nnet_helpers import affine, batchnorm, field, general_dropout, linear, nonlinear, normalize, tdnn
 
 rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import torch
 
 from kprune.errors import ConfigError
 from kprune.kaldi.build import build_tdnn
-from kprune.kaldi.components import VEC
+from kprune.kaldi.schema import VEC
 from kprune.kaldi.model_file import NnetFile, read_nnet_file
 from kprune.nnet.compute import AcousticModel, Segment, resolve_device
 from nnet_helpers import field, net

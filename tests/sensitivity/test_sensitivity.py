@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from kprune.data.features import FeatureSet
+from kprune.features.pipeline import FeatureSet
 from kprune.errors import ConfigError
 from kprune.kaldi.build import build_tdnn
 from kprune.model import load_model

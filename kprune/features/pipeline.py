@@ -266,7 +266,7 @@ def load_calibration_features(calib: CalibrationData, model_path: Path, *, input
     from kprune.evaluate.staging import remove_staged
     from kprune.locks import load_or_make
 
-    model_dir = Path(model_dir) if model_dir else _model_dir(model_path)
+    model_dir = Path(model_dir) if model_dir else feature_model_dir(model_path)
     pipeline = FeaturePipeline(model_dir, ivector_dim=ivector_dim, ivector_period=ivector_period,
                                input_dim=input_dim, model=str(model_path))
     data = read_data_dir(calib.data, transcripts=False, key="calib.data")
@@ -306,7 +306,8 @@ def load_calibration_features(calib: CalibrationData, model_path: Path, *, input
     return features.limited(calib.max_seconds)
 
 
-def _model_dir(model_path: Path) -> Path:
+def feature_model_dir(model_path: Path) -> Path:
+    """``<dir>`` for ``<dir>/am/final.mdl`` beside ``<dir>/conf/``: where the features' settings are."""
     top = model_path.parent.parent
     if model_path.parent.name == "am" and (top / "conf").is_dir():
         return top

@@ -1,4 +1,4 @@
-"""Word lattices and MBR decoding (kprune.nnet.lattice) on hand-made lattices with known answers."""
+"""Word lattices and MBR decoding (kprune.decode.lattice) on hand-made lattices with known answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kprune.nnet.lattice import (
+from kprune.decode.lattice import (
     MinimumBayesRisk,
     WordLattice,
     determinize,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kprune.data.features import CalibrationData, FeaturePipeline, load_calibration_features
+from kprune.features.pipeline import CalibrationData, FeaturePipeline, load_calibration_features
 from kprune.errors import ConfigError
 
 KO_CALIB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ko-calib"

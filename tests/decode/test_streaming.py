@@ -7,7 +7,7 @@ import pytest
 
 from kprune.errors import ConfigError
 from kprune.kaldi.model_file import load_nnet_file
-from kprune.nnet.streaming import SilenceWeighting, StreamingOptions, VoskReplay, parse_phone_list, transition_id_to_phone
+from kprune.decode.streaming import SilenceWeighting, StreamingOptions, VoskReplay, parse_phone_list, transition_id_to_phone
 
 # Transition ids 1..4: phones 1, 1, 5, 5 (phone 1 is silence).
 TID2PHONE = np.array([0, 1, 1, 5, 5])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kprune.errors import ConfigError, EvaluationError
-from kprune.nnet.decode import DEFAULT_FST_PLUGINS, DecoderOptions, GraphDecoder, read_words, static_graph
+from kprune.decode.decoder import DEFAULT_FST_PLUGINS, DecoderOptions, GraphDecoder, read_words, static_graph
 
 # Transition ids 1, 2 (word "a": entry and self-loop) are pdf 0; 3, 4 (word "b") pdf 1.
 TID2PDF = np.array([-1, 0, 0, 1, 1])

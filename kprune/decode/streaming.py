@@ -49,7 +49,7 @@ from kprune.errors import ConfigError
 from kprune.features.ivector import IvectorStream, OnlineIvectorExtractor
 from kprune.kaldi.transition import TransitionModel
 from kprune.nnet.compute import AcousticModel, Segment
-from kprune.nnet.decode import DecodeResult, DecodeStream, GraphDecoder
+from kprune.decode.decoder import DecodeResult, DecodeStream, GraphDecoder
 
 log = logging.getLogger(__name__)
 

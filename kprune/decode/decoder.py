@@ -179,7 +179,7 @@ class DecoderOptions:
     --lattice-beam) and how the words are taken.
 
     ``result="mbr"`` does what Vosk's recogniser does at the end of an
-    utterance (:mod:`kprune.nnet.lattice`): a lattice within ``lattice_beam``,
+    utterance (:mod:`kprune.decode.lattice`): a lattice within ``lattice_beam``,
     graph costs scaled by ``mbr_graph_scale`` (Vosk: 0.9), and its
     minimum-Bayes-risk word sequence.
     """
@@ -326,8 +326,8 @@ class GraphDecoder:
         return bool(np.isfinite(best).all()) and float(best.max(initial=0.0)) * 2.0 ** -24 <= 0.1 * self.options.beam
 
     def mbr_words(self, loglikes: np.ndarray) -> list[int]:
-        """Vosk's transcript of one utterance: the MBR word ids of its lattice (see :mod:`kprune.nnet.lattice`)."""
-        from kprune.nnet import lattice
+        """Vosk's transcript of one utterance: the MBR word ids of its lattice (see :mod:`kprune.decode.lattice`)."""
+        from kprune.decode import lattice
 
         o = self.options
         with self._finals_mode(True):
@@ -408,7 +408,7 @@ class DecodeStream:
         The path ends in the best token of the last frame, final costs ignored
         (``LatticeIncrementalOnlineDecoder::BestPathEnd(false)``).  The keys
         stand in for the token pointers that ``OnlineSilenceWeighting::
-        ComputeCurrentTraceback`` compares (see :class:`~kprune.nnet.streaming.SilenceWeighting`):
+        ComputeCurrentTraceback`` compares (see :class:`~kprune.decode.streaming.SilenceWeighting`):
         the labels and the cost of the path before the frame's arc; for the
         first frame, the state of the start's epsilon closure the arc leaves.
         """
