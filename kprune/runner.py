@@ -187,6 +187,8 @@ def _run_locked(settings: PointSettings, run_dir: Path, evaluator: Callable[[], 
         device = resolve_device(settings.device)
         method_config, repair = settings.method_config(), settings.repair_config()
         metrics["recipe"] = recipe_label(method_config, repair)
+        if settings.allocation_config().name != "uniform":  # tables tell a per-layer allocation from a uniform one
+            metrics["recipe"] += f" alloc={settings.allocation_config().name}"
         calib = settings.calibration()
         if calib is not None and settings.evaluates:
             check_scored_audio(settings.eval, calib)
