@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
+from kprune.cache import default_cache_dir
 from kprune.errors import ConfigError, EvaluationError
 from kprune.evaluate.scoring import CorpusScore, format_per_utt, format_per_utt_tsv, score_corpus
 from kprune.fileio import write_atomically, write_json_atomically
@@ -211,14 +212,6 @@ def _read_cache(path: Path, key: dict[str, Any], quiet: bool = False) -> dict[st
             log.warning("ignoring baseline cache %s: it was made for other settings", path)
         return None
     return content.get("record")
-
-
-def default_cache_dir() -> Path:
-    """``$KPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kprune``, else ``~/.cache/kprune``."""
-    if os.environ.get("KPRUNE_CACHE_DIR"):
-        return Path(os.environ["KPRUNE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "kprune"
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
