@@ -147,7 +147,7 @@ class Evaluator(ABC):
         for rate in ("wer", "cer"):
             if rate in metrics and rate in base:
                 metrics[f"{rate}_delta_abs"] = metrics[rate] - base[rate]
-                metrics[f"{rate}_delta_rel"] = relative_change(metrics[rate], base[rate])
+                metrics[f"{rate}_delta_rel"] = percent_change(metrics[rate], base[rate])
         return metrics
 
     def close(self) -> None:
@@ -190,11 +190,14 @@ class TranscriptScoring:
         write_text_atomic(out_dir / "score.txt", "\n".join(score.report_lines()) + "\n")
 
 
-def relative_change(value: float, base: float) -> float | None:
-    """``100 * (value - base) / base``; 0 when both are 0, None when only base is."""
+def percent_change(value: float, base: float) -> float | None:
+    """``100 * (value - base) / base``: the change in % of ``base``; 0 when both are 0, None when only base is."""
     if base == 0:
         return 0.0 if value == 0 else None
     return 100.0 * (value - base) / base
+
+
+relative_change = percent_change  # its earlier name
 
 
 def _read_cache(path: Path, key: dict[str, Any], quiet: bool = False) -> dict[str, Any] | None:
