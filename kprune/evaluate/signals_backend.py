@@ -66,7 +66,7 @@ class SignalsEvaluator(Evaluator):
                                            device=self.device, batch_frames=batch_frames,
                                            per_frame_ivectors=per_frame_ivectors)
         self.per_frame_ivectors = per_frame_ivectors
-        from kprune.threads import single_cpu_thread
+        from kprune.device import single_cpu_thread
 
         with single_cpu_thread(self.device):
             self.comparison.dense_outputs()
@@ -118,7 +118,7 @@ class SignalsEvaluator(Evaluator):
         if (pruned.input_dim, pruned.ivector_dim, pruned.num_pdfs) != (dense.input_dim, dense.ivector_dim,
                                                                        dense.num_pdfs):
             raise EvaluationError(f"{model}: its inputs/outputs differ from the original model's")
-        from kprune.threads import single_cpu_thread
+        from kprune.device import single_cpu_thread
 
         with single_cpu_thread(self.device):
             metrics: dict[str, Any] = dict(self.comparison.signals(pruned))

@@ -325,7 +325,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         """Utterances decoded by ``jobs`` threads; each step is small, so torch runs one thread per job."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from kprune.threads import single_cpu_thread
+        from kprune.device import single_cpu_thread
 
         order = sorted(range(len(self.feats)), key=lambda i: -len(self.feats[i]))  # longest first
         results: dict[int, Any] = {}

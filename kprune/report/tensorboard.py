@@ -56,7 +56,7 @@ from typing import Any
 import torch
 
 from kprune.errors import ConfigError
-from kprune.threads import single_cpu_thread
+from kprune.device import single_cpu_thread
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def measure_curves(loaded, method, calib, layers, levels, device: torch.device, 
     from kprune.sensitivity import LayerSensitivity, sensitivity_analysis
     from kprune.session import calibration_features
 
-    from kprune.threads import single_cpu_thread
+    from kprune.device import single_cpu_thread
 
     features = calibration_features(calib, loaded, device)
     if max_seconds is not None:
