@@ -1,5 +1,8 @@
-"""Torch's CPU threads, narrowed to one for work made of many small ops.
+"""Where torch runs: the device that ``device=`` names, and CPU threads for many small ops.
 
+:func:`resolve_device` reads ``device=auto|cpu|cuda|cuda:N`` (the run's, and
+the torch backends' ``eval.device``).  :func:`single_cpu_thread` narrows torch
+to one CPU thread for work made of many small ops:
 On a 2-core machine where another process holds a core (a decoder, a parallel
 sweep job), each of many small torch ops waits for the descheduled second
 thread: a signals point took 11 s with torch's two threads and 1.3 s with one
@@ -14,6 +17,28 @@ import contextlib
 from typing import Iterator
 
 import torch
+
+from kprune.errors import ConfigError
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` (CUDA when available, else CPU; also for None), ``cpu``, ``cuda`` or ``cuda:N``."""
+    name = "auto" if device is None else str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        found = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N") from None
+    if found.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name}: CUDA is not available on this machine (torch sees no CUDA device); "
+                              "use device=cpu or auto")
+        if found.index is not None and found.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif found.type != "cpu":
+        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N")
+    return found
 
 
 @contextlib.contextmanager

@@ -40,7 +40,8 @@ class SignalsEvaluator(Evaluator):
         from kprune.features.pipeline import FeaturePipeline, feature_model_dir
         from kprune.evaluate.outputs import OutputComparison
         from kprune.evaluate.staging import remove_staged
-        from kprune.nnet.compute import AcousticModel, resolve_device
+        from kprune.device import resolve_device
+        from kprune.nnet.compute import AcousticModel
 
         self.model_path = Path(model_path).resolve()
         if not self.model_path.is_file():

@@ -114,7 +114,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         super().__init__(cache_dir)
         from kprune.features.pipeline import FeaturePipeline
         from kprune.features.conf import read_kaldi_conf
-        from kprune.nnet.compute import resolve_device
+        from kprune.device import resolve_device
 
         if mode not in MODES:
             raise ConfigError(f"eval.mode: expected one of {', '.join(MODES)}, found {mode!r}")

@@ -67,7 +67,8 @@ def run_sensitivity(settings: SensitivitySettings, run_dir: Path, evaluator=None
     from kprune.report.tensorboard import log_sensitivity
     from kprune.sensitivity import check_levels
     from kprune.sensitivity.report import CSV, PLOT, plot_heatmap, write_csv
-    from kprune.session import load_model_once, resolve_device
+    from kprune.device import resolve_device
+    from kprune.session import load_model_once
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
