@@ -37,7 +37,8 @@ from kprune.pruning.config import MethodConfig, RepairConfig, recipe_label
 from kprune.pruning.masks import SparsityStats, sparsity_stats
 from kprune.pruning.result import PruneResult
 from kprune.pruning.rules import get_method, validate_threshold
-from kprune.session import LoadedModel, calibration_features, load_model_once, model_identity, resolve_device
+from kprune.device import resolve_device
+from kprune.session import LoadedModel, calibration_features, load_model_once, model_identity
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from kprune.errors import ConfigError, KaldiFormatError
 from kprune.kaldi.build import build_tdnn
 from kprune.model import load_model
 from kprune.runner import PointSettings, run_point
-from kprune.session import default_model_path, resolve_device
+from kprune.device import resolve_device
+from kprune.session import default_model_path
 
 
 @pytest.fixture

@@ -94,12 +94,26 @@ def _nearest_module(name: str, modules: dict[str, Path]) -> str:
 
 
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """``{module: the modules it imports}``.
+
+    Importing ``a.b.c`` runs ``a/b/__init__.py`` first, so it counts as an
+    import of the package ``a.b`` too, unless that package is one of the
+    importer's own (Python has initialised those before the importer runs).
+    """
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
+        own = _packages_of(name)
         for target, _, _ in imports_of(name, path, modules):
             if target and target != name:
                 graph[name].add(target)
+                graph[name].update(p for p in _packages_of(target) if p in modules and p not in own and p != name)
     return graph
+
+
+def _packages_of(module: str) -> list[str]:
+    """``a.b.c`` -> ``[a, a.b]``."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -182,6 +196,17 @@ def test_a_cycle_through_a_function_level_relative_import_is_found(tmp_path):
     modules["kprune.c"].write_text("from .e import x\n")
     assert find_cycle(import_graph(modules)) == ["kprune.a", "kprune.b", "kprune.c", "kprune.c.e",
                                                  "kprune.c.d", "kprune.a"]
+
+
+def test_importing_a_submodule_runs_its_package_first(tmp_path):
+    modules = _write(tmp_path, {
+        "__init__.py": "",
+        "a.py": "from kprune.p.q import f\n",
+        "p/__init__.py": "from kprune.p import r\n",
+        "p/q.py": "",
+        "p/r.py": "def g():\n    from kprune import a\n",
+    })
+    assert find_cycle(import_graph(modules)) == ["kprune.a", "kprune.p", "kprune.p.r", "kprune.a"]
 
 
 def test_no_cycle_in_a_tree(tmp_path):

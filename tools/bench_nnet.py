@@ -92,7 +92,7 @@ def bench_forward(args) -> dict:
 def bench_eval(args) -> dict:
     from kprune.evaluate import build_evaluator
     from kprune.evaluate import torch_backend  # noqa: F401  (registers eval=torch)
-    from kprune.decode.decoder import default_cache_dir
+    from kprune.cache import default_cache_dir
 
     model = default_model()
     work = Path(tempfile.mkdtemp(prefix="bench-nnet-"))
@@ -131,7 +131,7 @@ def bench_eval(args) -> dict:
 
 def bench_signals(args) -> dict:
     from kprune.evaluate import torch_backend
-    from kprune.decode.decoder import default_cache_dir
+    from kprune.cache import default_cache_dir
     from kprune.runner import prune
     from kprune.session import load_model_once
 

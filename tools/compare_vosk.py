@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kprune.evaluate import build_evaluator  # noqa: E402
-from kprune.decode.decoder import default_cache_dir  # noqa: E402
+from kprune.cache import default_cache_dir  # noqa: E402
 from kprune.runner import prune  # noqa: E402
 from kprune.session import load_model_once  # noqa: E402
 

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from kprune.cache import default_cache_dir
 from kprune.errors import ConfigError, EvaluationError
 from kprune.locks import locked_cache_entry
 
@@ -48,14 +49,6 @@ log = logging.getLogger(__name__)
 #: Where Debian's libfst22-plugins-base installs the lookahead and ngram FST plugins.
 DEFAULT_FST_PLUGINS = "/usr/lib/x86_64-linux-gnu/fst/22"
 _TOOLS = ("fstsymbols", "fstcompose", "fstrelabel")
-
-
-def default_cache_dir() -> Path:
-    """``$KPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kprune``, else ``~/.cache/kprune``."""
-    if os.environ.get("KPRUNE_CACHE_DIR"):
-        return Path(os.environ["KPRUNE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "kprune"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
+from kprune.cache import default_cache_dir
 from kprune.errors import ConfigError, EvaluationError
 from kprune.evaluate.bootstrap import (BootstrapConfig, UtteranceCounts, counts_to_json, difference_interval,
                                        probability_of_improvement, rate_interval)
@@ -178,7 +179,7 @@ class Evaluator(ABC):
         for rate in ("wer", "cer"):
             if rate in metrics and rate in base:
                 metrics[f"{rate}_delta_abs"] = metrics[rate] - base[rate]
-                metrics[f"{rate}_delta_rel"] = relative_change(metrics[rate], base[rate])
+                metrics[f"{rate}_delta_rel"] = percent_change(metrics[rate], base[rate])
         if hyps is not None and self._baseline_hyps is not None:
             order = next(iter(counts.values())).utts if counts else tuple(hyps)
             counts.update(self._score_against_dense(hyps, metrics, order))
@@ -299,11 +300,13 @@ def per_utterance_counts(score: CorpusScore, suffix: str = "") -> dict[str, Utte
     return out
 
 
-def relative_change(value: float, base: float) -> float | None:
-    """``100 * (value - base) / base``; 0 when both are 0, None when only base is."""
+def percent_change(value: float, base: float) -> float | None:
+    """``100 * (value - base) / base``: the change in % of ``base``; 0 when both are 0, None when only base is."""
     if base == 0:
         return 0.0 if value == 0 else None
     return 100.0 * (value - base) / base
+
+
 
 
 def _read_cache(path: Path, key: dict[str, Any], quiet: bool = False) -> dict[str, Any] | None:
@@ -321,14 +324,6 @@ def _read_cache(path: Path, key: dict[str, Any], quiet: bool = False) -> dict[st
             log.warning("ignoring baseline cache %s: it was made for other settings", path)
         return None
     return content.get("record")
-
-
-def default_cache_dir() -> Path:
-    """``$KPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kprune``, else ``~/.cache/kprune``."""
-    if os.environ.get("KPRUNE_CACHE_DIR"):
-        return Path(os.environ["KPRUNE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "kprune"
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:

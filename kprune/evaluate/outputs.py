@@ -10,30 +10,10 @@ nothing else.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-
-
-@contextlib.contextmanager
-def single_cpu_thread(device: torch.device | str = "cpu") -> Iterator[None]:
-    """Torch's CPU ops on one thread for a while (nothing changes on a GPU).
-
-    On this 2-core machine shared with other jobs, a signals point took 11 s
-    with torch's two threads and 1.3 s with one: each op waited for the
-    descheduled second thread (measured with ``tools/bench_signals.py``).
-    """
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class OutputComparison:

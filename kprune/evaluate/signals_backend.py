@@ -40,7 +40,8 @@ class SignalsEvaluator(Evaluator):
         from kprune.features.pipeline import FeaturePipeline, feature_model_dir
         from kprune.evaluate.outputs import OutputComparison
         from kprune.evaluate.staging import remove_staged
-        from kprune.nnet.compute import AcousticModel, resolve_device
+        from kprune.device import resolve_device
+        from kprune.nnet.compute import AcousticModel
 
         self.model_path = Path(model_path).resolve()
         if not self.model_path.is_file():
@@ -66,7 +67,7 @@ class SignalsEvaluator(Evaluator):
                                            device=self.device, batch_frames=batch_frames,
                                            per_frame_ivectors=per_frame_ivectors)
         self.per_frame_ivectors = per_frame_ivectors
-        from kprune.evaluate.outputs import single_cpu_thread
+        from kprune.device import single_cpu_thread
 
         with single_cpu_thread(self.device):
             self.comparison.dense_outputs()
@@ -118,7 +119,7 @@ class SignalsEvaluator(Evaluator):
         if (pruned.input_dim, pruned.ivector_dim, pruned.num_pdfs) != (dense.input_dim, dense.ivector_dim,
                                                                        dense.num_pdfs):
             raise EvaluationError(f"{model}: its inputs/outputs differ from the original model's")
-        from kprune.evaluate.outputs import single_cpu_thread
+        from kprune.device import single_cpu_thread
 
         with single_cpu_thread(self.device):
             metrics: dict[str, Any] = dict(self.comparison.signals(pruned))

@@ -114,7 +114,7 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         super().__init__(cache_dir)
         from kprune.features.pipeline import FeaturePipeline
         from kprune.features.conf import read_kaldi_conf
-        from kprune.nnet.compute import resolve_device
+        from kprune.device import resolve_device
 
         if mode not in MODES:
             raise ConfigError(f"eval.mode: expected one of {', '.join(MODES)}, found {mode!r}")
@@ -321,19 +321,17 @@ class TorchEvaluator(TranscriptScoring, Evaluator):
         """Utterances decoded by ``jobs`` threads; each step is small, so torch runs one thread per job."""
         from concurrent.futures import ThreadPoolExecutor
 
+        from kprune.device import single_cpu_thread
+
         order = sorted(range(len(self.feats)), key=lambda i: -len(self.feats[i]))  # longest first
         results: dict[int, Any] = {}
-        threads = torch.get_num_threads()
-        if model.device.type == "cpu":
-            torch.set_num_threads(1)  # tiny steps: thread sync would cost more than the work
-        try:
-            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="kprune-torch") as pool:
-                futures = {pool.submit(replay.decode, [self.feats[i]], [self.num_samples[i]]): i for i in order}
-                for future in futures:
-                    results[futures[future]] = future.result()[0]
-                    self._check_deadline(deadline, label, len(results))
-        finally:
-            torch.set_num_threads(threads)
+        # tiny steps: thread sync would cost more than the work
+        with single_cpu_thread(model.device), \
+                ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="kprune-torch") as pool:
+            futures = {pool.submit(replay.decode, [self.feats[i]], [self.num_samples[i]]): i for i in order}
+            for future in futures:
+                results[futures[future]] = future.result()[0]
+                self._check_deadline(deadline, label, len(results))
         return [results[i] for i in range(len(self.feats))]
 
     def _check_deadline(self, deadline: float, label: str, done: int) -> None:

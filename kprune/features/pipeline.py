@@ -262,7 +262,7 @@ def load_calibration_features(calib: CalibrationData, model_path: Path, *, input
         return feature_set_from_archives(calib.feats, calib.ivectors, input_dim=input_dim,
                                          ivector_dim=ivector_dim).limited(calib.max_seconds)
     from kprune.data.datadir import prepare_audio, read_data_dir
-    from kprune.evaluate.base import default_cache_dir
+    from kprune.cache import default_cache_dir
     from kprune.evaluate.staging import remove_staged
     from kprune.locks import load_or_make
 

@@ -14,8 +14,8 @@
 Decoding from the outputs is :mod:`kprune.decode`.
 """
 
-from kprune.nnet.compute import AcousticModel, Segment, resolve_device
+from kprune.nnet.compute import AcousticModel, Segment
 from kprune.nnet.graph import NnetGraph
 from kprune.nnet.signals import output_signals
 
-__all__ = ["AcousticModel", "Segment", "NnetGraph", "output_signals", "resolve_device"]
+__all__ = ["AcousticModel", "Segment", "NnetGraph", "output_signals"]

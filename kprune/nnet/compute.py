@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from kprune.device import resolve_device
 from kprune.errors import ConfigError, KaldiFormatError
 from kprune.kaldi.model_file import NnetFile, load_nnet_file
 from kprune.features.conf import read_kaldi_conf
@@ -45,21 +46,6 @@ DEFAULT_FRAMES_PER_CHUNK = 50
 #: frames stay in cache (8 x 1000 frames ran 15% slower than 1 x 1000 on 2 cores);
 #: a GPU wants large batches.
 DEFAULT_BATCH_FRAMES = {"cpu": 4000, "cuda": 40000}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, found {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device} was asked for, but torch sees no CUDA device")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, found {device!r}")
-    return dev
 
 
 def _conf_number(conf: dict[str, str], key: str, kind: type, where: str):
@@ -407,4 +393,4 @@ def _default_model_conf(model_path: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-__all__ = ["AcousticModel", "Segment", "resolve_device", "decoding_options", "DEFAULT_FRAMES_PER_CHUNK"]
+__all__ = ["AcousticModel", "Segment", "decoding_options", "DEFAULT_FRAMES_PER_CHUNK"]

@@ -38,7 +38,7 @@ from kprune.model import Model, ModelState
 from kprune.pruning.calibrated import LayerPruning
 from kprune.pruning.config import MethodConfig, RepairConfig
 from kprune.pruning.repair import bias_correction, refit, update_batchnorm
-from kprune.pruning.result import PruneResult, relative_change
+from kprune.pruning.result import PruneResult, relative_norm_change
 from kprune.pruning.rules import compute_masks, get_method, nm_mask
 from kprune.pruning.statistics import InputStatistics, MomentStatistics
 
@@ -250,10 +250,10 @@ class CalibratedPruning:
         info = dict(notes)
         if not torch.equal(new_w, kept):
             self.result.weights[name] = new_w
-            info["weight_update"] = relative_change(new_w, kept)
+            info["weight_update"] = relative_norm_change(new_w, kept)
         if new_b is not None and dense_b is not None and not torch.equal(new_b.cpu(), dense_b.cpu()):
             self.result.biases[name] = new_b.cpu().to(layer.bias.dtype)
-            info["bias_update"] = relative_change(new_b.cpu(), dense_b.cpu())
+            info["bias_update"] = relative_norm_change(new_b.cpu(), dense_b.cpu())
         self.result.layer_notes[name] = info
         layer.weight.copy_(new_w)
         if name in self.result.biases:
@@ -268,8 +268,8 @@ class CalibratedPruning:
         mean, var = update_batchnorm(self.dense.batchnorm[name][0], self.dense.batchnorm[name][1], moments,
                                      self.dense_moments.get(name), self.repair.bn_mode)
         self.result.batchnorm[name] = (mean.cpu(), var.cpu())
-        self.result.batchnorm_notes[name] = {"mean_change": relative_change(mean, self.dense.batchnorm[name][0]),
-                                             "var_change": relative_change(var, self.dense.batchnorm[name][1])}
+        self.result.batchnorm_notes[name] = {"mean_change": relative_norm_change(mean, self.dense.batchnorm[name][0]),
+                                             "var_change": relative_norm_change(var, self.dense.batchnorm[name][1])}
         bn.mean.copy_(mean)
         bn.var.copy_(var)
         self._reload(name)

@@ -60,8 +60,11 @@ class PruneResult:
         }
 
 
-def relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
-    """‖new - old‖ / ‖old‖ (float64); 0 for two zero tensors, inf when only ``old`` is zero."""
+def relative_norm_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    """‖new - old‖ / ‖old‖ (float64): the norm of a tensor's update relative to its norm.
+
+    0 for two zero tensors, inf when only ``old`` is zero.
+    """
     num = float(torch.linalg.vector_norm((new.double() - old.double()).flatten()))
     den = float(torch.linalg.vector_norm(old.double().flatten()))
     if den == 0.0:

@@ -5,7 +5,7 @@ command line in ``tools/summarize`` only parses its arguments and calls
 :func:`summarize`.
 
 A *run directory* is one that holds ``metrics.json`` or ``error.json`` (see the
-run directory layout in the README).  Run directories are found recursively
+run directory layout in docs/runs.md).  Run directories are found recursively
 under each directory given, so a sweep (``outputs/sweeps/<group>``), a
 single run, or the whole ``outputs/`` tree can be passed.  Hidden directories
 (``.hydra``) and the inside of run directories are not searched.

@@ -49,20 +49,20 @@ would show "NaN" and break sorting).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kprune.errors import ConfigError
+from kprune.device import single_cpu_thread
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def log_run(
         try:
             _write_scalars(writer, threshold, sparsity, metrics)
             if histograms:
-                with _one_cpu_thread():
+                with single_cpu_thread():
                     _write_histograms(writer, "weights_before", weights_before, bins)
                     _write_histograms(writer, "weights_after", weights_after, bins)
                     _write_histograms(writer, "weights_kept", weights_after, bins, nonzero=True)
@@ -240,24 +240,6 @@ def _layer_tag(name: str) -> str:
         logger.warning("layer %r is logged as %r to keep it apart from the totals", name, name + "_layer")
         return name + "_layer"
     return name
-
-
-@contextlib.contextmanager
-def _one_cpu_thread() -> Iterator[None]:
-    """Run torch's CPU ops on one thread for a while.
-
-    The histograms are ~600 small ops (a layer is ~100 K weights).  With torch's
-    default two threads on a two-core machine where another process holds a
-    core (a decoder, a parallel sweep job), each op waits for the descheduled
-    worker thread: we measured 1-8 s instead of 0.1 s.  One thread costs ~20 ms
-    more on an idle machine and stays near 0.2 s on a busy one.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _write_histograms(
@@ -469,7 +451,7 @@ def log_sensitivity(run_dir: Path, table: Mapping[str, Mapping[float, Mapping[st
 
     writer = SummaryWriter(log_dir=str(run_dir))
     try:
-        with _one_cpu_thread():
+        with single_cpu_thread():
             for layer, levels in table.items():
                 for level, metrics in sorted(levels.items()):
                     for key in signals:

@@ -167,7 +167,7 @@ def allocate(curves: Mapping[str, Mapping[float, float]], weights: Mapping[str, 
 
 
 def curves_cache_path(config: AllocationConfig, identity: Mapping[str, Any], method, calib, layers: Sequence[str]) -> tuple[Path, dict]:
-    from kprune.evaluate.base import default_cache_dir
+    from kprune.cache import default_cache_dir
 
     key = {"revision": CURVES_REVISION, "model": dict(identity), "method": method.describe(),
            "calib": calib.describe(), "levels": list(config.levels), "max_seconds": config.max_seconds,

@@ -41,7 +41,7 @@ def measure_curves(loaded, method, calib, layers, levels, device: torch.device, 
     from kprune.sensitivity import LayerSensitivity, sensitivity_analysis
     from kprune.session import calibration_features
 
-    from kprune.evaluate.outputs import single_cpu_thread
+    from kprune.device import single_cpu_thread
 
     features = calibration_features(calib, loaded, device)
     if max_seconds is not None:
@@ -67,7 +67,8 @@ def run_sensitivity(settings: SensitivitySettings, run_dir: Path, evaluator=None
     from kprune.report.tensorboard import log_sensitivity
     from kprune.sensitivity import check_levels
     from kprune.sensitivity.report import CSV, PLOT, plot_heatmap, write_csv
-    from kprune.session import load_model_once, resolve_device
+    from kprune.device import resolve_device
+    from kprune.session import load_model_once
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

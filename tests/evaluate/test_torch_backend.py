@@ -17,7 +17,7 @@ from kprune.evaluate.scoring import score_corpus
 from kprune.evaluate.staging import stage_model_dir
 from kprune.evaluate.torch_backend import TorchEvaluator
 from kprune.model import load_model
-from kprune.decode.decoder import default_cache_dir
+from kprune.cache import default_cache_dir
 
 
 # Decoding needs the static graph, composed once from the Vosk graph by OpenFst's tools.

@@ -10,7 +10,8 @@ from kprune.errors import ConfigError
 from kprune.kaldi.build import build_tdnn
 from kprune.kaldi.schema import VEC
 from kprune.kaldi.model_file import NnetFile, read_nnet_file
-from kprune.nnet.compute import AcousticModel, Segment, resolve_device
+from kprune.device import resolve_device
+from kprune.nnet.compute import AcousticModel, Segment
 from nnet_helpers import field, net
 
 ROWS = np.arange(1, 13, dtype=np.float32)
