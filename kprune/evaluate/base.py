@@ -307,8 +307,6 @@ def percent_change(value: float, base: float) -> float | None:
     return 100.0 * (value - base) / base
 
 
-
-
 def _read_cache(path: Path, key: dict[str, Any], quiet: bool = False) -> dict[str, Any] | None:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
