@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kprune.app import CONF_DIR, _evaluator, _plain
 from kprune.errors import KpruneError
+from kprune.plugins import import_plugins
 from kprune.runner import resolve_model_path
 from kprune.sensitivity.run import SensitivitySettings, run_sensitivity
 
@@ -22,6 +23,7 @@ from kprune.sensitivity.run import SensitivitySettings, run_sensitivity
 @hydra.main(config_path=CONF_DIR, config_name="sensitivity", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
+        import_plugins(cfg.get("plugins"))  # before the method is read: a plugin's rule
         model = resolve_model_path(cfg.model, Path(hydra.utils.get_original_cwd()))
         method = _plain(cfg.method) if OmegaConf.is_config(cfg.method) else {"name": str(cfg.method)}
         settings = SensitivitySettings(model=model, method=method, calib=_plain(cfg.calib), levels=_plain(cfg.levels),
