@@ -65,7 +65,7 @@ _IMPLS = ("auto", "numpy", "torch")
 STATISTICS = ("mean", "column_norms", "gram", "target")
 
 #: The modules whose rules are kprune's own, imported when the registry is first read.
-BUILTIN_MODULES = ("kprune.pruning.calibrated",)
+BUILTIN_MODULES = ("kprune.pruning.calibrated", "kprune.pruning.admm")
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def test_a_rule_s_knobs_are_validated_against_its_dataclass():
     # Another rule's knob is not this rule's: wanda takes no dampening.
     with pytest.raises(ConfigError, match=r"method: unknown setting\(s\) dampening"):
         MethodConfig.from_config({"name": "wanda", "dampening": 0.01})
-    with pytest.raises(ConfigError, match="has no N:M form; use abs, global_pct, magnitude, wanda or sparsegpt"):
+    with pytest.raises(ConfigError, match="has no N:M form; use abs, global_pct, magnitude, wanda, sparsegpt or admm"):
         MethodConfig.from_config({"name": "gram_diag", "pattern": "2:4"})
 
 
