@@ -30,14 +30,20 @@ one, a last never-pruned column with constant input 1, as in ``sparsegpt``):
    ``Z`` to agree, so the support settles before the last iteration, as
    ALPS does (x1.1 ... 1.3 every 3 iterations).  ``rho_growth=1`` is the
    reference's fixed ρ.  Each change refactors ``H_d + ρ I`` (one float32
-   Cholesky factorisation); each iteration is one solve with it, for the
-   layer's rows (refined to float64), never an explicit inverse.
+   Cholesky factorisation); each iteration is one float32 solve with it for
+   the layer's rows, never an explicit inverse.
 5. *Exact solve* (``final_solve``, default true): with the last mask fixed,
    each row's kept weights (and the bias) are the least-squares solution
    through the damped Hessian restricted to the kept columns,
-   ``H_d[S, S] ŵ_S = XY[S]`` (batched Cholesky solves,
-   :func:`~kprune.pruning.linalg.solve_on_support`); false returns the
-   reference's ``Z``.  Then ``Ŵ ← Ŵ / d``.
+   ``H_d[S, S] ŵ_S = XY[S]``, by conjugate gradients on all rows at once from
+   ``Z``, preconditioned by ``H_d⁻¹`` restricted to the support, to a relative
+   residual of 1e-9 (:func:`~kprune.pruning.linalg.pcg_on_support`; a row
+   that has not converged in 100 iterations is factored and solved directly).
+   On a synthetic 64 x 1536 layer of spliced ReLU inputs (the real model's
+   widest) it reached 1e-9 in 30 iterations, 0.85 s against 2-6 s for one
+   Cholesky factorisation per row (shared 2-core machine); the iterations run
+   are in the layer's notes (``solve_iterations``).  False
+   returns the reference's ``Z``.  Then ``Ŵ ← Ŵ / d``.
 
 ``method.pattern=N:M``: while sparsity ramps, the ``N`` lowest of every ``M``
 inputs are pruned first, then the lowest of the rest up to the scheduled
@@ -62,7 +68,7 @@ import torch
 from kprune.errors import ConfigError
 from kprune.pruning.calibrated import _damped_cholesky
 from kprune.pruning.config import MethodConfig
-from kprune.pruning.linalg import solve_on_support, solve_spd
+from kprune.pruning.linalg import pcg_on_support, solve_spd
 from kprune.pruning.rules import LayerPruning, fraction_count, nm_mask, register_method
 from kprune.pruning.statistics import InputStatistics
 
@@ -141,7 +147,7 @@ def admm_rule(weight: torch.Tensor, stats: InputStatistics, threshold: float, co
     xy = w @ damped
     select = _Selector(rows, cols, n, threshold, config, opts, device)
     rho = opts.rho
-    shifted, chol = _shifted(damped, rho)
+    chol = _shifted_cholesky(damped, rho)
     u = torch.zeros_like(w)
     mask = None
     for t in range(opts.iterations):
@@ -149,30 +155,28 @@ def admm_rule(weight: torch.Tensor, stats: InputStatistics, threshold: float, co
             mask = select((w + u).abs(), t)
         z = (w + u).masked_fill(mask, 0.0)
         u += w - z
-        w = solve_spd(shifted, (xy + rho * (z - u)).T, chol).T  # (XY + ρ (Z - U)) (H_d + ρ I)⁻¹
+        # (XY + ρ (Z - U)) (H_d + ρ I)⁻¹, one float32 solve: the iterates need not be exact, the final solve is.
+        w = torch.cholesky_solve((xy + rho * (z - u)).T.float(), chol).T.to(w.dtype)
         if opts.rho_growth > 1.0 and (t + 1) % opts.rho_every == 0 and t + 1 < opts.iterations:
             u *= 1.0 / opts.rho_growth  # the scaled dual y / ρ, for the new ρ
             rho *= opts.rho_growth
-            shifted, chol = _shifted(damped, rho)
+            chol = _shifted_cholesky(damped, rho)
     notes["rho"] = rho
+    z = (w + u).masked_fill(mask, 0.0)
     if opts.final_solve:
-        w = solve_on_support(damped, xy, ~mask)
+        w, notes["solve_iterations"] = pcg_on_support(damped, xy, ~mask, z)
     else:
-        w = (w + u).masked_fill(mask, 0.0)
+        w = z
     w = w / norm[None, :]
     new_weight = w[:, :cols].to(weight.dtype).masked_fill(mask[:, :cols], 0.0)
     new_bias = w[:, cols].to(bias.dtype) if has_bias else None
     return LayerPruning(mask[:, :cols].clone(), new_weight, new_bias, notes)
 
 
-def _shifted(damped: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``H_d + ρ I`` and its float32 Cholesky factor (solves are refined to float64 by :func:`solve_spd`)."""
-    shifted = damped.clone()
-    shifted.diagonal().add_(rho)
-    chol, info = torch.linalg.cholesky_ex(shifted.float())
-    if int(info) != 0:  # ρ > 0 on a damped unit-diagonal Hessian: only a numerically broken H gets here
-        chol, _ = _damped_cholesky(damped, rho)
-    return shifted, chol
+def _shifted_cholesky(damped: torch.Tensor, rho: float) -> torch.Tensor:
+    """The float32 Cholesky factor of ``H_d + ρ I`` (ρ raised x10, logged, if it fails)."""
+    chol, _ = _damped_cholesky(damped, rho)
+    return chol
 
 
 class _Selector:
