@@ -75,7 +75,7 @@ def solve_on_support(a: torch.Tensor, rhs: torch.Tensor, keep: torch.Tensor,
 
 
 def pcg_on_support(a: torch.Tensor, rhs: torch.Tensor, keep: torch.Tensor, start: torch.Tensor, *,
-                   tolerance: float = 1e-9, max_iterations: int = 100) -> tuple[torch.Tensor, int]:
+                   tolerance: float = 1e-8, max_iterations: int = 100) -> tuple[torch.Tensor, int]:
     """:func:`solve_on_support` by preconditioned conjugate gradients, all rows at once, from ``start``.
 
     The preconditioner is the full ``a⁻¹`` restricted to each row's support
