@@ -16,7 +16,7 @@ A new rule registered with its needs therefore works in both at once.
 
 from __future__ import annotations
 
-from typing import Callable, Collection, Mapping
+from typing import Callable, Collection
 
 import torch
 
