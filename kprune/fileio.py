@@ -1,4 +1,4 @@
-"""Atomic output files: every file kprune writes goes through :func:`write_atomically`.
+"""Files: every file kprune writes goes through :func:`write_atomically`; :func:`file_digest` names one by its content.
 
 A file is written to a temporary file in its own directory, flushed to disk
 and renamed over the target, so a crash or a failed run never leaves a
@@ -8,6 +8,7 @@ permissions (0666 less the umask), not the 0600 of a bare temporary file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -53,3 +54,12 @@ def write_atomically(path: str | os.PathLike, data: bytes | str | Iterable[bytes
 def write_json_atomically(path: str | os.PathLike, value: Any) -> None:
     """JSON, UTF-8, indented, through :func:`write_atomically`."""
     write_atomically(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Content hash of a file, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

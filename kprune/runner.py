@@ -36,7 +36,7 @@ from kprune.pruning.calibration import needs_calibration, prune_model
 from kprune.pruning.config import MethodConfig, RepairConfig, recipe_label
 from kprune.pruning.masks import SparsityStats, sparsity_stats
 from kprune.pruning.result import PruneResult
-from kprune.pruning.rules import get_method, validate_threshold
+from kprune.pruning.rules import get_method, method_names, validate_threshold
 from kprune.device import resolve_device
 from kprune.session import LoadedModel, calibration_features, load_model_once, model_identity
 
@@ -64,7 +64,7 @@ class PointSettings:
     save_masks: bool = True
     histograms: bool = True
     eval: Mapping[str, Any] | None = None
-    #: The method's knobs (``method.*`` besides ``name``: pattern, dampening, block_size, sequential).
+    #: The method's knobs (``method.*`` besides ``name``: pattern, sequential and the rule's own, e.g. dampening).
     method_options: Mapping[str, Any] | None = None
     repair: Any = ()
     repair_options: Mapping[str, Any] | None = None
@@ -255,7 +255,7 @@ def _allocate(settings: PointSettings, loaded: LoadedModel, method: MethodConfig
 
     if method.pattern is not None or not get_method(method.name).fraction:
         raise ConfigError(f"allocation={config.name}: needs a fraction rule without an N:M pattern "
-                          "(pct, global_pct, magnitude, wanda, sparsegpt)")
+                          f"({', '.join(method_names(fraction=True))})")
     selected = loaded.model.select(settings.layers, settings.exclude)
     allocation = allocate_for_point(loaded, method, calib, selected, threshold, config, device)
     write_json(run_dir / ALLOCATION, {"allocation": config.describe(), **allocation.to_dict()})

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from kprune.evaluate import Evaluator, register_evaluator
-from kprune.evaluate.base import file_digest, write_json_atomic
+from kprune.evaluate.base import write_json_atomic
+from kprune.fileio import file_digest
 
 
 @register_evaluator("frame_error")

@@ -324,15 +324,6 @@ def _read_cache(path: Path, key: dict[str, Any], quiet: bool = False) -> dict[st
     return content.get("record")
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Content hash of a file, read in 1 MiB blocks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file (UTF-8) atomically."""
     write_atomically(path, text)
@@ -377,20 +368,21 @@ def absolute_path(value: str | os.PathLike) -> Path:
 
 def positive_number(cfg: Mapping[str, Any], key: str, default: float, integer: bool = False) -> Any:
     """A setting that must be a number > 0 (an int when ``integer``)."""
-    value = cfg.get(key, default)
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        what = "a positive integer" if integer else "a positive number of seconds"
-        raise ConfigError(f"eval.{key}: expected {what}, found {value!r}")
+    from kprune import validate
+
+    if integer:
+        return validate.integer(cfg, key, default, f"eval.{key}")
+    value = cfg.get(key, default)  # inf is allowed (no limit), None is not: not validate.number's reading
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"eval.{key}: expected a positive number of seconds, found {value!r}")
     return value
 
 
 def bool_setting(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
     """A setting that must be true or false."""
-    value = cfg.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"eval.{key}: expected true or false, found {value!r}")
-    return value
+    from kprune import validate
+
+    return validate.boolean(cfg, key, default, f"eval.{key}")
 
 
 def mandatory(cfg: Mapping[str, Any], key: str, backend: str, hint: str) -> Any:

@@ -39,13 +39,13 @@ from kprune.evaluate.base import (
     Evaluator,
     absolute_path,
     check_keys,
-    file_digest,
     mandatory,
     per_utterance_counts,
     positive_number,
     register_evaluator,
     write_text_atomic,
 )
+from kprune.fileio import file_digest
 from kprune.evaluate.bootstrap import counts_from_json, counts_to_json
 from kprune.evaluate.scoring import CorpusScore, ErrorCounts, score_corpus
 from kprune.evaluate.staging import remove_staged, stage_model_dir

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kprune.errors import ConfigError, EvaluationError, KpruneError
-from kprune.evaluate.base import CACHE_FORMAT, Evaluator, absolute_path, check_keys, file_digest, positive_number, \
+from kprune.evaluate.base import CACHE_FORMAT, Evaluator, absolute_path, check_keys, positive_number, \
     register_evaluator
+from kprune.fileio import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ class SignalsEvaluator(Evaluator):
         from kprune.evaluate.outputs import OutputComparison
         from kprune.evaluate.staging import remove_staged
         from kprune.device import resolve_device
-        from kprune.nnet.compute import AcousticModel
 
         self.model_path = Path(model_path).resolve()
         if not self.model_path.is_file():

@@ -50,11 +50,11 @@ from kprune.evaluate.base import (
     absolute_path,
     bool_setting,
     check_keys,
-    file_digest,
     positive_number,
     register_evaluator,
     write_text_atomic,
 )
+from kprune.fileio import file_digest
 from kprune.evaluate.normalize import Normalizer
 
 log = logging.getLogger(__name__)

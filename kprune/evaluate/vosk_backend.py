@@ -40,10 +40,10 @@ from kprune.evaluate.base import (
     absolute_path,
     bool_setting,
     check_keys,
-    file_digest,
     positive_number,
     register_evaluator,
 )
+from kprune.fileio import file_digest
 from kprune.evaluate.normalize import Normalizer
 from kprune.evaluate.staging import remove_staged, stage_model_dir
 from kprune.evaluate.vosk_worker import CHUNK_SECONDS, Stopped, WorkItem, decode_items, load_model

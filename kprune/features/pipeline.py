@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -138,7 +139,7 @@ class FeaturePipeline:
 
     def signature(self) -> list[list[Any]]:
         """What decides the features: the files of ``conf/`` and ``ivector/``, with the revision."""
-        from kprune.evaluate.base import file_digest
+        from kprune.fileio import file_digest
 
         out: list[list[Any]] = [["revision", FEATURE_REVISION], ["ivector_period", self.ivector_period]]
         for name in ("conf", "ivector"):
@@ -263,7 +264,6 @@ def load_calibration_features(calib: CalibrationData, model_path: Path, *, input
                                          ivector_dim=ivector_dim).limited(calib.max_seconds)
     from kprune.data.datadir import prepare_audio, read_data_dir
     from kprune.cache import default_cache_dir
-    from kprune.evaluate.staging import remove_staged
     from kprune.locks import load_or_make
 
     model_dir = Path(model_dir) if model_dir else feature_model_dir(model_path)
@@ -302,7 +302,7 @@ def load_calibration_features(calib: CalibrationData, model_path: Path, *, input
         # Under the entry's lock: points of a parallel sweep compute the features once.
         features = load_or_make(cache, load, make)
     finally:
-        remove_staged(work)
+        shutil.rmtree(work, ignore_errors=True)  # its own temporary folder
     return features.limited(calib.max_seconds)
 
 

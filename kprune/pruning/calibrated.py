@@ -2,7 +2,10 @@
 
 Each rule works on one layer ``y = W x + b`` at a time, with the
 :class:`~kprune.pruning.statistics.InputStatistics` of the inputs that layer
-sees on the calibration audio, and returns a :class:`LayerPruning`.
+sees on the calibration audio, and returns a
+:class:`~kprune.pruning.rules.LayerPruning`.  Each declares at registration the
+statistics it reads (``needs``), so the capture gathers only those, and its own
+knobs as a dataclass (``options``).
 
 * ``wanda`` (Sun et al. 2023, "A Simple and Effective Pruning Approach for
   Large Language Models"; reference code ``locuslab/wanda``): the score of
@@ -33,15 +36,17 @@ least-squares weights for that target, ``W' = C H⁻¹``, rather than from
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from kprune.pruning.config import MethodConfig
 from kprune.pruning.linalg import solve_spd
-from kprune.pruning.rules import nm_mask, register_method, row_fraction_mask
+from kprune.pruning.rules import LayerPruning, nm_mask, register_method, row_fraction_mask
 from kprune.pruning.statistics import InputStatistics
+
+__all__ = ["LayerPruning", "SparseGPTOptions", "sparsegpt_rule", "wanda_rule", "wanda_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +54,17 @@ log = logging.getLogger(__name__)
 MAX_DAMPENING_RETRIES = 8
 
 
-@dataclass
-class LayerPruning:
-    """What a rule decided for one layer: the mask (True = pruned) and, if it changed them, new weights and bias."""
+@dataclass(frozen=True)
+class SparseGPTOptions:
+    """SparseGPT's knobs (``method.dampening``, ``method.block_size``)."""
 
-    mask: torch.Tensor
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
+    #: Added to the Hessian's diagonal, as a fraction of its mean (SparseGPT's ``percdamp``).
+    dampening: float = 0.01
+    #: Columns per lazy batch update.
+    block_size: int = 128
 
 
-@register_method("wanda", fraction=True, calibrated=True, supports_pattern=True)
+@register_method("wanda", fraction=True, calibrated=True, supports_pattern=True, needs=("column_norms",))
 def wanda_rule(weight: torch.Tensor, stats: InputStatistics, threshold: float, config: MethodConfig, *,
                bias: torch.Tensor | None = None, target: bool = False) -> LayerPruning:
     """Prunes, in each output row, the fraction t of weights with the lowest |W_ij| * ||X_j||_2
@@ -74,7 +79,8 @@ def wanda_mask(scores: torch.Tensor, threshold: float, config: MethodConfig) -> 
     return row_fraction_mask(scores, threshold)
 
 
-@register_method("sparsegpt", fraction=True, calibrated=True, supports_pattern=True)
+@register_method("sparsegpt", fraction=True, calibrated=True, supports_pattern=True, needs=("gram",),
+                 options=SparseGPTOptions)
 def sparsegpt_rule(weight: torch.Tensor, stats: InputStatistics, threshold: float, config: MethodConfig, *,
                    bias: torch.Tensor | None = None, target: bool = False) -> LayerPruning:
     """Layer-wise OBS reconstruction with lazy batch updates (Frantar & Alistarh 2023): prunes the
@@ -91,7 +97,7 @@ def sparsegpt_rule(weight: torch.Tensor, stats: InputStatistics, threshold: floa
     dead = hessian.diagonal() == 0
     hessian[dead, dead] = 1.0
     w[:, dead] = 0.0
-    damp0 = config.dampening * float(hessian.diagonal().mean())
+    damp0 = config.options.dampening * float(hessian.diagonal().mean())
     chol, damp = _damped_cholesky(hessian, damp0)
     notes: dict[str, Any] = {"dampening": damp / float(hessian.diagonal().mean())}
     if damp > damp0:
@@ -106,8 +112,9 @@ def sparsegpt_rule(weight: torch.Tensor, stats: InputStatistics, threshold: floa
     # The upper Cholesky factor of H^-1, in float32 like the reference implementation.
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True).double()
     mask = torch.zeros(rows, w.shape[1], dtype=torch.bool, device=weight.device)
-    for i1 in range(0, cols, config.block_size):  # the bias column (last, if any) is never pruned
-        i2 = min(i1 + config.block_size, cols)
+    block = config.options.block_size
+    for i1 in range(0, cols, block):  # the bias column (last, if any) is never pruned
+        i2 = min(i1 + block, cols)
         w1 = w[:, i1:i2].clone()
         hinv1 = hinv[i1:i2, i1:i2]
         mask1, err1 = _obs_block(w1, hinv1, threshold, config)

@@ -35,17 +35,16 @@ import torch.nn.functional as F
 from kprune.features.pipeline import FeatureSet
 from kprune.errors import ConfigError
 from kprune.model import Model, ModelState
-from kprune.pruning.calibrated import LayerPruning
+from kprune.pruning.capture import PIECE_FRAMES, calibration_segments, new_statistics, solve_layer, statistics_needs
 from kprune.pruning.config import MethodConfig, RepairConfig
-from kprune.pruning.repair import bias_correction, refit, update_batchnorm
+from kprune.pruning.repair import update_batchnorm
 from kprune.pruning.result import PruneResult, relative_norm_change
 from kprune.pruning.rules import compute_masks, get_method, nm_mask
 from kprune.pruning.statistics import InputStatistics, MomentStatistics
 
 log = logging.getLogger(__name__)
 
-#: Output frames per piece of an utterance in the calibration batch.
-PIECE_FRAMES = 150
+__all__ = ["PIECE_FRAMES", "prune_model", "needs_calibration", "CalibratedPruning"]
 
 
 def needs_calibration(method: MethodConfig, repair: RepairConfig) -> bool:
@@ -132,11 +131,12 @@ class CalibratedPruning:
         if shared:
             raise ConfigError(f"layers {', '.join(shared)} run at several nodes of the network; calibrated "
                               "pruning needs one input per layer")
-        self.target = repair.refit_target if "refit" in repair.steps else "layer"
+        # What the rule and the repairs declare they read; the dense network's output at each layer is
+        # recorded only when one of them reads Σ y* xᵀ.
+        self.needs = statistics_needs(self.rule, repair)
+        self.target = "network" if "target" in self.needs else "layer"
         self.batchnorms = [n for n in model.batchnorms if n in nodes] if "bn" in repair.steps else []
         self.result = PruneResult()
-        # Wanda and the bias correction read column norms and means only; SparseGPT and refit need Σ x xᵀ.
-        self._full_stats = method.name == "sparsegpt" or "refit" in repair.steps
         self.masks_before: dict[str, torch.Tensor] = {}
         if not self.rule.calibrated:
             self.masks_before = _weight_rule_masks(model, self.selected, method, threshold, device,
@@ -167,16 +167,7 @@ class CalibratedPruning:
         return self.result
 
     def _segments(self):
-        from kprune.nnet.compute import Segment
-
-        f = self.am.frame_subsampling_factor
-        out = []
-        for i, feats in enumerate(self.features.feats):
-            iv = self.features.per_frame_ivectors(i) if self.am.ivector_dim else None
-            total = -(-len(feats) // f)
-            for start in range(0, total, PIECE_FRAMES):
-                out.append(Segment(feats, start, min(PIECE_FRAMES, total - start), iv, utt=i))
-        return out
+        return calibration_segments(self.am, self.features)
 
     def _forward(self, observe) -> None:
         start = time.perf_counter()
@@ -191,7 +182,7 @@ class CalibratedPruning:
             self.dense_moments.setdefault(name, MomentStatistics(self.model.batchnorms[name].block_dim,
                                                                  self.device)).add(x)
         elif name in self.selected and not self.method.sequential:
-            self.dense_stats.setdefault(name, InputStatistics(x.shape[1], self.device, full=self._full_stats)).add(x)
+            self.dense_stats.setdefault(name, new_statistics(x.shape[1], self.needs, self.device)).add(x)
         elif name in self.selected and self.target == "network":
             layer = self.model.layers[name]
             self.dense_outputs[name] = F.linear(x, layer.weight.to(x), None if layer.bias is None else
@@ -203,7 +194,7 @@ class CalibratedPruning:
             self._update_batchnorm(name, x)
         elif name in self.selected and name not in self.result.masks:
             start = time.perf_counter()
-            stats = InputStatistics(x.shape[1], self.device, full=self._full_stats)
+            stats = new_statistics(x.shape[1], self.needs, self.device)
             stats.add(x, target=self.dense_outputs.pop(name, None))
             self.timings["statistics_seconds"] += time.perf_counter() - start
             self._prune_layer(name, stats)
@@ -221,23 +212,10 @@ class CalibratedPruning:
         dense_b = self.dense.biases[name].to(self.device) if name in self.dense.biases else None
         weight = layer.weight.to(self.device)
         use_target = self.target == "network" and stats.cross is not None
-        if self.rule.calibrated:
-            decided: LayerPruning = self.rule.rule(weight, stats, self.layer_thresholds.get(name, self.threshold),
-                                                   self.method,
-                                                   bias=dense_b, target=use_target)
-        else:
-            decided = LayerPruning(self.masks_before[name].to(self.device))
-        mask = decided.mask
-        new_w = decided.weight if decided.weight is not None else weight.masked_fill(mask, 0.0)
-        new_b = decided.bias if decided.bias is not None else dense_b
-        if "refit" in self.repair.steps:
-            new_w, refit_b = refit(mask, stats, dense_weight=dense_w, dense_bias=dense_b, bias=dense_b is not None,
-                                   target="network" if use_target else "layer",
-                                   dampening=self.repair.refit_dampening)
-            new_b = refit_b if refit_b is not None else new_b
-        if "bias" in self.repair.steps and dense_b is not None:
-            new_b = bias_correction(dense_w, new_w, new_b, stats)
-        self._write_layer(name, mask, new_w, new_b, dense_w, dense_b, decided.notes)
+        decided = solve_layer(self.rule, self.method, weight, stats, self.layer_thresholds.get(name, self.threshold),
+                              dense_weight=dense_w, dense_bias=dense_b, repair=self.repair, target=use_target,
+                              mask=None if self.rule.calibrated else self.masks_before[name].to(self.device))
+        self._write_layer(name, decided.mask, decided.weight, decided.bias, dense_w, dense_b, decided.notes)
         self.timings["solve_seconds"] += time.perf_counter() - start
 
     def _write_layer(self, name, mask, new_w, new_b, dense_w, dense_b, notes) -> None:

@@ -9,17 +9,20 @@ computed with other knobs for a finished one.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from kprune.errors import ConfigError
+from kprune.validate import boolean, check_keys, number, one_of, options_from_config
 
 #: Repairs, in the order they run when several are asked for.
 REPAIRS = ("bias", "refit", "bn")
 REFIT_TARGETS = ("network", "layer")
 BN_MODES = ("delta", "plain")
+#: The layer statistics each repair reads (``bn`` reads BatchNorm inputs, not layer statistics).
+REPAIR_NEEDS = {"bias": frozenset({"mean"}), "refit": frozenset({"gram"}), "bn": frozenset()}
 
 
 @dataclass(frozen=True)
@@ -48,48 +51,57 @@ class NMPattern:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """``method=``: the rule and its knobs.
+    """``method=``: the rule, the knobs every rule shares, and the rule's own knobs.
 
     * ``name``: a registered rule (:func:`kprune.pruning.rules.available_methods`).
     * ``pattern``: ``N:M`` semi-structured sparsity along the input dimension
-      (magnitude rules, ``wanda``, ``sparsegpt``); the threshold is then not used.
-    * ``dampening`` (``sparsegpt``): added to the Hessian's diagonal, as a
-      fraction of its mean (SparseGPT's ``percdamp``).
-    * ``block_size`` (``sparsegpt``): columns per lazy batch update.
+      (the rules registered with ``supports_pattern``); the threshold is then not used.
     * ``sequential`` (calibrated rules and repairs): each layer is calibrated on
       the inputs that the already-pruned layers before it give; false: every
       layer on the dense network's inputs.
+    * ``options``: the rule's own knobs, an instance of the dataclass it was
+      registered with (``register_method(..., options=...)``), e.g. SparseGPT's
+      ``dampening`` and ``block_size``; None for a rule without knobs.  They are
+      read as ``config.options.<knob>`` (or ``config.<knob>``).
     """
 
     name: str = "abs"
     pattern: NMPattern | None = None
-    dampening: float = 0.01
-    block_size: int = 128
     sequential: bool = True
+    options: Any = None
 
-    KEYS = ("name", "pattern", "dampening", "block_size", "sequential")
+    #: The knobs every rule takes; a rule's own come from its options dataclass.
+    KEYS = ("name", "pattern", "sequential")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | str) -> MethodConfig:
-        from kprune.pruning.rules import get_method
+        from kprune.pruning.rules import get_method, method_names
 
         if isinstance(cfg, str):
             cfg = {"name": cfg}
         cfg = dict(cfg)
-        _check_keys(cfg, cls.KEYS, "method")
-        name = get_method(str(cfg.get("name", "abs"))).name
+        method = get_method(str(cfg.get("name", "abs")))
+        check_keys(cfg, cls.KEYS + method.knobs, "method")
         out = cls(
-            name=name,
+            name=method.name,
             pattern=NMPattern.parse(cfg.get("pattern")),
-            dampening=_number(cfg, "dampening", 0.01, "method.dampening", minimum=0.0),
-            block_size=_integer(cfg, "block_size", 128, "method.block_size"),
-            sequential=_boolean(cfg, "sequential", True, "method.sequential"),
+            sequential=boolean(cfg, "sequential", True, "method.sequential"),
+            options=None if method.options is None else options_from_config(
+                method.options, {k: v for k, v in cfg.items() if k in method.knobs}, "method"),
         )
-        method = get_method(name)
         if out.pattern is not None and not method.supports_pattern:
-            raise ConfigError(f"method.pattern={out.pattern}: method {name!r} has no N:M form; "
-                              "use abs, global_pct, magnitude, wanda or sparsegpt")
+            raise ConfigError(f"method.pattern={out.pattern}: method {method.name!r} has no N:M form; "
+                              f"use {_or_list(method_names(supports_pattern=True))}")
         return out
+
+    def __getattr__(self, name: str) -> Any:
+        # config.dampening for config.options.dampening; never for private names (copy, pickle).
+        if name.startswith("_") or name == "options":
+            raise AttributeError(name)
+        options = self.__dict__.get("options")
+        if options is not None and hasattr(options, name):
+            return getattr(options, name)
+        raise AttributeError(f"method {self.__dict__.get('name')!r} has no knob {name!r}")
 
     @property
     def calibrated(self) -> bool:
@@ -98,10 +110,10 @@ class MethodConfig:
         return get_method(self.name).calibrated
 
     def describe(self) -> dict[str, Any]:
-        """The knobs as they enter ``point.json`` (the rule's own knobs only)."""
+        """The knobs as they enter ``point.json`` and cache keys: the name, the pattern and the rule's own knobs."""
         d: dict[str, Any] = {"name": self.name, "pattern": None if self.pattern is None else str(self.pattern)}
-        if self.name == "sparsegpt":
-            d.update(dampening=self.dampening, block_size=self.block_size)
+        if self.options is not None:
+            d.update(dataclasses.asdict(self.options))
         return d
 
 
@@ -141,15 +153,21 @@ class RepairConfig:
         if len(set(steps)) != len(steps):
             raise ConfigError(f"repair: each repair once, found {steps}")
         options = dict(options or {})
-        _check_keys(options, cls.OPTION_KEYS, "repair_options")
-        target = str(options.get("refit_target", "network"))
-        if target not in REFIT_TARGETS:
-            raise ConfigError(f"repair_options.refit_target: expected one of {', '.join(REFIT_TARGETS)}, found {target!r}")
-        mode = str(options.get("bn_mode", "delta"))
-        if mode not in BN_MODES:
-            raise ConfigError(f"repair_options.bn_mode: expected one of {', '.join(BN_MODES)}, found {mode!r}")
-        damp = _number(options, "refit_dampening", 0.01, "repair_options.refit_dampening", minimum=0.0)
+        check_keys(options, cls.OPTION_KEYS, "repair_options")
+        target = one_of(options, "refit_target", "network", REFIT_TARGETS, "repair_options.refit_target")
+        mode = one_of(options, "bn_mode", "delta", BN_MODES, "repair_options.bn_mode")
+        damp = number(options, "refit_dampening", 0.01, "repair_options.refit_dampening", minimum=0.0)
         return cls(tuple(s for s in REPAIRS if s in steps), target, damp, mode)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The layer statistics the repairs read (:data:`kprune.pruning.rules.STATISTICS`)."""
+        out: set[str] = set()
+        for step in self.steps:
+            out |= REPAIR_NEEDS[step]
+        if "refit" in self.steps and self.refit_target == "network":
+            out.add("target")
+        return frozenset(out)
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"steps": list(self.steps)}
@@ -168,33 +186,8 @@ def recipe_label(method: MethodConfig, repair: RepairConfig | None = None) -> st
     return label
 
 
-def _check_keys(cfg: Mapping[str, Any], known: Sequence[str], where: str) -> None:
-    unknown = sorted(set(cfg) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-
-
-def _number(cfg: Mapping[str, Any], key: str, default: float, where: str, minimum: float) -> float:
-    value = cfg.get(key, default)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{where}: expected a finite number >= {minimum:g}, found {value!r}")
-    return float(value)
-
-
-def _integer(cfg: Mapping[str, Any], key: str, default: int, where: str) -> int:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: expected a positive integer, found {value!r}")
-    return value
-
-
-def _boolean(cfg: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
-    value = cfg.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, found {value!r}")
-    return value
+def _or_list(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 __all__ = ["MethodConfig", "RepairConfig", "NMPattern", "REPAIRS", "recipe_label"]

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from kprune.pruning.linalg import solve_spd
+from kprune.pruning.linalg import SOLVE_BYTES, solve_on_support
 from kprune.pruning.statistics import InputStatistics, MomentStatistics
 
-
-#: Memory for one batch of refit systems (float64).
-SOLVE_BYTES = 256 << 20
+__all__ = ["bias_correction", "refit", "update_batchnorm", "SOLVE_BYTES"]
 
 
 def bias_correction(dense_weight: torch.Tensor, new_weight: torch.Tensor, bias: torch.Tensor,
@@ -44,8 +42,7 @@ def refit(mask: torch.Tensor, stats: InputStatistics, *, dense_weight: torch.Ten
     ``target`` is ``layer`` (``y* = W x + b``, the dense layer on the inputs
     it now sees) or ``network`` (the target recorded in ``stats.cross``).
     ``bias`` says whether the layer has a bias to refit.  Rows are solved in
-    batches: each row's kept columns are gathered (padded to the batch's
-    largest count with identity rows that solve to 0).  ``rows_per_solve``
+    batches (:func:`~kprune.pruning.linalg.solve_on_support`); ``rows_per_solve``
     defaults to as many rows as fit in :data:`SOLVE_BYTES` of systems.
     """
     rows, cols = mask.shape
@@ -66,31 +63,9 @@ def refit(mask: torch.Tensor, stats: InputStatistics, *, dense_weight: torch.Ten
     else:
         rhs = w_dense @ gram
     lam = dampening * float(gram.diagonal().mean()) if gram.numel() else 0.0
-    out = torch.zeros_like(w_dense)
-    counts = keep.sum(dim=1)
-    order = torch.argsort(counts, descending=True)
-    if rows_per_solve is None:
-        widest = max(int(counts.max()), 1)
-        rows_per_solve = max(1, SOLVE_BYTES // (8 * widest * widest))
-    for start in range(0, rows, rows_per_solve):
-        batch = order[start:start + rows_per_solve]
-        k = int(counts[batch].max())
-        if k == 0:
-            continue
-        # Each row's kept columns first (stable), padded with pruned ones that are masked off.
-        idx = torch.sort((~keep[batch]).to(torch.int8), dim=1, stable=True).indices[:, :k]
-        valid = torch.gather(keep[batch], 1, idx)
-        a = gram[idx[:, :, None], idx[:, None, :]]
-        pair = valid[:, :, None] & valid[:, None, :]
-        a = torch.where(pair, a, torch.zeros((), dtype=a.dtype, device=device))
-        eye = torch.eye(k, dtype=a.dtype, device=device)
-        diag_fill = torch.where(valid, torch.full_like(valid, 1, dtype=a.dtype) * lam,
-                                torch.ones_like(valid, dtype=a.dtype))
-        a = a + eye * diag_fill[:, None, :]
-        b = torch.where(valid, torch.gather(rhs[batch], 1, idx), torch.zeros((), dtype=a.dtype, device=device))
-        solution = solve_spd(a, b[:, :, None])[:, :, 0]
-        solution = torch.where(valid, solution, torch.zeros((), dtype=a.dtype, device=device))
-        out[batch[:, None], idx] = solution
+    damped = gram.clone()
+    damped.diagonal().add_(lam)
+    out = solve_on_support(damped, rhs, keep, rows_per_solve)
     new_weight = out[:, :cols].to(dense_weight.dtype)
     new_weight[mask] = 0.0
     new_bias = out[:, cols].to(dense_bias.dtype) if bias else None

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -57,19 +57,35 @@ QUANTILE_MAX_NUMEL = 1 << 24
 _IMPLS = ("auto", "numpy", "torch")
 
 
+#: What a calibrated rule (or a repair) may ask of the calibration capture
+#: (:mod:`kprune.pruning.capture`): ``mean`` (Σx, with the frame count) and
+#: ``column_norms`` (per-column Σx²) are always gathered, being cheap; ``gram``
+#: is ``Σ x xᵀ``; ``target`` is ``Σ y* xᵀ`` for the dense network's output
+#: ``y*`` at the layer.
+STATISTICS = ("mean", "column_norms", "gram", "target")
+
+#: The modules whose rules are kprune's own, imported when the registry is first read.
+BUILTIN_MODULES = ("kprune.pruning.calibrated", "kprune.pruning.admm")
+
+
 @dataclass(frozen=True)
 class Method:
-    """A registered rule and how its threshold is read."""
+    """A registered rule, how its threshold is read, what it needs and which knobs it takes."""
 
     name: str
     rule: Rule
     aliases: tuple[str, ...] = ()
     fraction: bool = False
     #: Needs calibration statistics (:mod:`kprune.pruning.calibrated`); its rule is
-    #: ``rule(weight, stats, threshold, config) -> (mask, new weight or None)``, one layer at a time.
+    #: ``rule(weight, stats, threshold, config, *, bias, target) -> LayerPruning``, one layer at a time.
     calibrated: bool = False
     #: Has an N:M form (``method.pattern``).
     supports_pattern: bool = False
+    #: The statistics the rule reads (a subset of :data:`STATISTICS`).
+    needs: frozenset[str] = frozenset()
+    #: The dataclass of the rule's own knobs (``method.<knob>``), or None; an
+    #: instance is ``config.options`` in the rule.
+    options: type | None = None
 
     @property
     def summary(self) -> str:
@@ -77,27 +93,61 @@ class Method:
         doc = (self.rule.__doc__ or "").strip()
         return " ".join(doc.split("\n\n")[0].split())
 
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """The names of the rule's own knobs."""
+        import dataclasses
+
+        return tuple(f.name for f in dataclasses.fields(self.options)) if self.options is not None else ()
+
+
+@dataclass
+class LayerPruning:
+    """What a calibrated rule decided for one layer: the mask (True = pruned) and, if it changed them,
+    new weights and bias."""
+
+    mask: torch.Tensor
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
 
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 
 
 def register_method(name: str, aliases: Sequence[str] = (), fraction: bool = False, *,
-                    calibrated: bool = False, supports_pattern: bool = False) -> Callable[[Rule], Rule]:
+                    calibrated: bool = False, supports_pattern: bool = False, needs: Sequence[str] = (),
+                    options: type | None = None) -> Callable[[Rule], Rule]:
     """Registers ``rule(weights, threshold) -> masks`` under ``name`` and ``aliases``.
 
     ``fraction=True`` restricts the threshold to [0, 1].  The rule must return
     one bool mask per weight tensor (same shape and device), True where pruned,
     and must not modify the weights.  ``calibrated=True`` registers a rule that
-    works one layer at a time from calibration statistics (see :class:`Method`).
+    works one layer at a time from calibration statistics (see :class:`Method`);
+    ``needs`` names the statistics it reads (:data:`STATISTICS`), so that only
+    those are gathered.  ``options`` is a dataclass of the rule's own knobs: its
+    fields are read from ``method.<knob>``, checked by type
+    (:func:`kprune.validate.options_from_config`), and enter ``point.json`` and
+    every cache key.
     """
+    unknown = sorted(set(needs) - set(STATISTICS))
+    if unknown:
+        raise ConfigError(f"pruning method {name!r}: unknown statistics {', '.join(unknown)} in needs; "
+                          f"known: {', '.join(STATISTICS)}")
+    if options is not None:
+        import dataclasses
+
+        if not dataclasses.is_dataclass(options):
+            raise ConfigError(f"pruning method {name!r}: options must be a dataclass, found {options!r}")
 
     def decorate(rule: Rule) -> Rule:
         for key in (name, *aliases):
             if key in _METHODS or key in _ALIASES:
                 raise ConfigError(f"pruning method name {key!r} is already registered "
                                   f"(for {_ALIASES.get(key, key)!r})")
-        _METHODS[name] = Method(name, rule, tuple(aliases), fraction, calibrated, supports_pattern)
+        _METHODS[name] = Method(name, rule, tuple(aliases), fraction, calibrated, supports_pattern,
+                                frozenset(needs), options)
         for alias in aliases:
             _ALIASES[alias] = name
         return rule
@@ -105,8 +155,24 @@ def register_method(name: str, aliases: Sequence[str] = (), fraction: bool = Fal
     return decorate
 
 
+def _load_builtins() -> None:
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def method_names(*, fraction: bool | None = None, supports_pattern: bool | None = None) -> list[str]:
+    """Registered names with the given properties (None: either), in registration order; for hints in messages."""
+    _load_builtins()
+    return [m.name for m in _METHODS.values()
+            if (fraction is None or m.fraction == fraction)
+            and (supports_pattern is None or m.supports_pattern == supports_pattern)]
+
+
 def available_methods() -> list[str]:
     """Registered method names, in registration order (aliases not included)."""
+    _load_builtins()
     return list(_METHODS)
 
 
@@ -115,6 +181,9 @@ def get_method(name: str | Method) -> Method:
     if isinstance(name, Method):
         return name
     key = _ALIASES.get(str(name), str(name))
+    if key not in _METHODS:
+        _load_builtins()
+        key = _ALIASES.get(str(name), str(name))
     if key not in _METHODS:  # perhaps a plugin's (kprune.plugins entry points), not yet imported here
         from kprune.plugins import load_entry_points
 

@@ -74,7 +74,7 @@ class LayerSensitivity:
     def __init__(self, model, method, features, *, dense, device: torch.device | str = "cpu", model_path=None,
                  layers: Sequence[str] = ()):
         from kprune.nnet.compute import AcousticModel, decoding_options
-        from kprune.pruning.rules import get_method
+        from kprune.pruning.rules import get_method, method_names
         from kprune.sensitivity.forward import LayerReplay
 
         self.model, self.method, self.dense, self.device = model, method, dense, torch.device(device)
@@ -84,7 +84,7 @@ class LayerSensitivity:
                               "a sensitivity analysis needs a fraction rule")
         if not self.rule.fraction:
             raise ConfigError(f"method {method.name!r} takes a magnitude threshold; a sensitivity analysis "
-                              "needs a fraction rule (pct, global_pct, magnitude, wanda, sparsegpt)")
+                              f"needs a fraction rule ({', '.join(method_names(fraction=True))})")
         fsf, _ = decoding_options(model_path) if model_path is not None else (1, 1.0)
         start = time.perf_counter()
         self.am = AcousticModel(model.file, frame_subsampling_factor=fsf, device=self.device, use_priors=False)
@@ -101,25 +101,27 @@ class LayerSensitivity:
         self.total_weights = sum(model.layers[n].weight.numel() for n in model.default_layers)
 
     def _gather_statistics(self, layers: list[str]) -> None:
-        from kprune.pruning.calibration import PIECE_FRAMES
-        from kprune.pruning.statistics import InputStatistics
+        from kprune.pruning.capture import capture_statistics, statistics_needs
 
-        full = self.method.name == "sparsegpt"
+        def dense_output(name: str, x: torch.Tensor) -> torch.Tensor:  # the target: the layer's dense output
+            w, b = self.dense.weights[name].to(x), self.dense.biases.get(name)
+            return torch.nn.functional.linear(x, w, None if b is None else b.to(x))
 
-        def observe(name: str, x: torch.Tensor) -> None:
-            self.statistics.setdefault(name, InputStatistics(x.shape[1], self.device, full=full)).add(x)
-
-        assert PIECE_FRAMES == self.replay.PIECE_FRAMES
-        self.am.compute_observed(self.replay.segments, observe, frozenset(layers))
+        self.needs = statistics_needs(self.rule)
+        self.statistics = capture_statistics(self.am, self.replay.segments, layers, self.needs, self.device,
+                                             target=dense_output)
 
     def prune(self, layer: str, level: float) -> int:
         """Prunes ``layer`` alone at ``level`` in the model (and the running network); returns the pruned count."""
         if self.rule.calibrated:
+            from kprune.pruning.capture import solve_layer
+
             w = self.dense.weights[layer].to(self.device)
             b = self.dense.biases[layer].to(self.device) if layer in self.dense.biases else None
-            decided = self.rule.rule(w, self.statistics[layer], level, self.method, bias=b, target=False)
-            new_w = (decided.weight if decided.weight is not None else w).cpu().masked_fill(decided.mask.cpu(), 0.0)
-            self.model.layers[layer].weight.copy_(new_w)
+            stats = self.statistics[layer]
+            decided = solve_layer(self.rule, self.method, w, stats, level, dense_weight=w, dense_bias=b,
+                                  target=stats.cross is not None)
+            self.model.layers[layer].weight.copy_(decided.weight.cpu())
             if decided.bias is not None and self.model.layers[layer].bias is not None:
                 self.model.layers[layer].bias.copy_(decided.bias.cpu())
             pruned = int(decided.mask.sum())

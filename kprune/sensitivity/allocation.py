@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from kprune.errors import ConfigError
+from kprune.validate import check_keys, number, one_of
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +57,13 @@ class AllocationConfig:
         if isinstance(cfg, str):
             cfg = {"name": cfg}
         cfg = dict(cfg)
-        unknown = sorted(set(cfg) - set(cls.KEYS))
-        if unknown:
-            raise ConfigError(f"allocation: unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}")
-        name = str(cfg.get("name", "uniform"))
-        if name not in ALLOCATIONS:
-            raise ConfigError(f"allocation: expected one of {', '.join(ALLOCATIONS)}, found {name!r}")
-        signal = str(cfg.get("signal", "kl"))
-        if signal not in SIGNALS:
-            raise ConfigError(f"allocation.signal: expected one of {', '.join(SIGNALS)}, found {signal!r}")
+        check_keys(cfg, cls.KEYS, "allocation")
+        name = one_of(cfg, "name", "uniform", ALLOCATIONS, "allocation")
+        signal = one_of(cfg, "signal", "kl", SIGNALS, "allocation.signal")
         seconds = cfg.get("max_seconds", 20.0)
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                                    or not seconds > 0):
-            raise ConfigError(f"allocation.max_seconds: expected seconds > 0 or null, found {seconds!r}")
+        if seconds is not None:
+            seconds = number(cfg, "max_seconds", 20.0, "allocation.max_seconds", 0.0, strict=True,
+                             what="seconds > 0 or null")
         cache = cfg.get("cache_dir")
         return cls(name, signal, tuple(check_levels(cfg.get("levels", cls.levels))),
                    None if seconds is None else float(seconds), Path(cache).expanduser() if cache else None)

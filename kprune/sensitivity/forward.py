@@ -19,7 +19,7 @@ from kprune.features.pipeline import FeatureSet
 
 log = logging.getLogger(__name__)
 
-from kprune.pruning.calibration import PIECE_FRAMES  # pieces as the calibration batch cuts them
+from kprune.pruning.capture import calibration_segments  # pieces as the calibration batch cuts them
 
 
 class LayerReplay:
@@ -31,20 +31,10 @@ class LayerReplay:
     """
 
     def __init__(self, am, features: FeatureSet):
-        from kprune.nnet.compute import Segment
-
         self.am = am
-        f = am.frame_subsampling_factor
-        self.segments = []
-        per_frame = bool(am.ivector_dim)
-        for i, feats in enumerate(features.feats):
-            iv = features.per_frame_ivectors(i) if per_frame else None
-            total = -(-len(feats) // f)
-            for start in range(0, total, PIECE_FRAMES):
-                self.segments.append(Segment(feats, start, min(PIECE_FRAMES, total - start), iv, utt=i))
-        self.per_frame = per_frame
-        self.PIECE_FRAMES = PIECE_FRAMES
-        self.graph = am.graph_for(per_frame)
+        self.segments = calibration_segments(am, features)
+        self.per_frame = bool(am.ivector_dim)
+        self.graph = am.graph_for(self.per_frame)
         start = time.perf_counter()
         self._cache: dict = {}
         self.dense = self._run(self._cache)

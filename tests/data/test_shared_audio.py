@@ -65,3 +65,24 @@ def test_a_calibrated_point_scored_on_its_calibration_audio_is_refused_before_pr
                                               "never score on the calibration audio"):
         run_point(settings, tmp_path / "run", evaluator=lambda: None)
     assert not (tmp_path / "run" / tdnn_path.name).exists()  # nothing was pruned or written
+
+
+def test_the_sensitivity_task_refuses_to_score_its_points_on_its_calibration_audio(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    if not (KO_CALIB / "wav.scp").is_file():
+        pytest.fail(f"expected the calibration set at {KO_CALIB} (a copy of shared/ beside the repository)")
+    calib = read_data_dir(KO_CALIB, transcripts=False)
+    recording = sorted(calib.wav_scp)[0]
+    scored = _data(tmp_path / "scored", {"my-utt": KO_CALIB / calib.wav_scp[recording]})
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "kprune.sensitivity", "method=wanda", f"calib.data={KO_CALIB}",
+                           "eval=vosk", f"eval.data={scored}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"recording my-utt of eval.data is {recording} of calib.data; never score on the calibration audio" \
+        in done.stderr
+    assert not (tmp_path / "run" / "sensitivity.csv").exists()

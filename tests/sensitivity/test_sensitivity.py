@@ -203,3 +203,30 @@ def test_prune_model_takes_a_threshold_per_layer(tdnn_path, method):
     rest = [n for n in names if n not in own]  # global_pct ranks these together, the others each layer
     pruned = sum(int(result.masks[n].sum()) for n in rest) / sum(result.masks[n].numel() for n in rest)
     assert pruned == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "admm"])
+def test_sensitivity_allocation_with_refit_runs_end_to_end(tdnn_path, tmp_path, method):
+    import kaldiio
+
+    feats = features(8)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    with kaldiio.WriteHelper(f"ark,scp:{calib}/feats.ark,{calib}/feats.scp") as w:
+        for utt, f in zip(feats.utts, feats.feats):
+            w(utt, f.numpy())
+    run = tmp_path / "sens_refit"
+    settings = PointSettings(model=tdnn_path, method=method, threshold=0.5, layers="all", exclude=[], device="cpu",
+                             histograms=False, calib={"feats": str(calib / "feats.scp")}, repair=["refit"],
+                             allocation={"name": "sensitivity", "levels": [0.2, 0.4, 0.6, 0.8, 0.9],
+                                         "max_seconds": None, "cache_dir": str(tmp_path / "cache")})
+    metrics = run_point(settings, run, summary="none")
+    assert metrics["status"] == "ok", metrics.get("error")
+    assert metrics["sparsity_selected"] == pytest.approx(50.0, abs=1.0)
+    fractions = json.loads((run / "allocation.json").read_text())["fractions"]
+    per_layer = json.loads((run / "sparsity.json").read_text())["per_layer"]
+    for name, fraction in fractions.items():  # each layer pruned at its own fraction (per row: floor)
+        assert per_layer[name]["sparsity"] == pytest.approx(100.0 * fraction, abs=100.0 / 24)
+    point = json.loads((run / "point.json").read_text())
+    assert point["repair"]["steps"] == ["refit"] and point["allocation"]["name"] == "sensitivity"
+    assert json.loads((run / "sparsity.json").read_text())["changes"]["weights_updated"]
